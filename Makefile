@@ -1,0 +1,66 @@
+# posexplorer: every target sets itself up on a fresh clone (Python 3.10+, Debian, root for apt).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+
+.PHONY: setup serve test site docs lab bench readme check chromium clean
+.DEFAULT_GOAL := test
+
+# The CPU build of torch is installed first and pinned, so that no range below pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+# Debian's Chromium for the browser tests (never `playwright install`: it downloads a browser).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# MathJax, served from _docs so that the pages make no request off 127.0.0.1.
+.site-deps/node_modules/mathjax/es5/tex-chtml.js:
+	npm install --silent --no-audit --no-fund --prefix .site-deps mathjax@3
+
+# The notebooks are the source: they must be clean, and the library exported from them.
+check: setup
+	@before=$$(tar cf - nbs posexplorer | sha1sum); \
+	$(BIN)/nbdev-clean >/dev/null; $(BIN)/nbdev-export; \
+	after=$$(tar cf - nbs posexplorer | sha1sum); \
+	if [ "$$before" != "$$after" ]; then git status --short nbs posexplorer; \
+	  echo "error: notebooks were not clean or posexplorer/ was not exported from them; run 'make check' and commit"; exit 1; fi
+	@echo "notebooks clean, library in step"
+
+site: setup .site-deps/node_modules/mathjax/es5/tex-chtml.js
+	$(PY) tools/build_site.py --out _docs
+
+test: setup chromium check site
+	TRITON_INTERPRET=1 $(BIN)/nbdev-test --n-workers 2
+	TRITON_INTERPRET=1 $(BIN)/pytest -n 2 -q tests
+
+serve: setup site
+	@echo "posexplorer docs on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
+	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory _docs
+
+docs: setup
+	@if command -v quarto >/dev/null; then $(BIN)/nbdev-docs; else \
+	  echo "nbdev-docs needs the Quarto binary, which is not installed: get it from https://quarto.org/docs/get-started/"; \
+	  echo "(or 'pip install quarto-cli' where GitHub is reachable). 'make site' builds the same pages offline into _docs/."; exit 1; fi
+
+lab: setup
+	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs
+
+bench: setup
+	$(BIN)/posexplorer bench
+
+readme: setup
+	$(PY) tools/build_readme.py
+
+clean:
+	rm -rf _docs _proc .site-deps test-artifacts

@@ -8,14 +8,14 @@ Docs: https://posexplorer.github.io/posexplorer/core.html.md"""
 __all__ = ['LAYOUTS', 'FAMILIES', 'GROUPS', 'inv_freq', 'angles', 'rotate', 'Encoding', 'RotaryEncoding', 'FrequencyRotary',
            'BiasEncoding', 'AdditiveEncoding', 'Card', 'register', 'names', 'get', 'CardTable', 'cards']
 
-# %% ../nbs/00_core.ipynb #a470f62f
+# %% ../nbs/00_core.ipynb #3faf7318
 import difflib, importlib, math, numbers
 from dataclasses import dataclass, field
 from fastcore.basics import patch
 import torch
 from torch import Tensor
 
-# %% ../nbs/00_core.ipynb #a3fc1147
+# %% ../nbs/00_core.ipynb #b11f096f
 LAYOUTS = ("half", "interleaved")
 
 def _check_tensor(name, x, floating=True):
@@ -34,7 +34,7 @@ def _check_finite(name, x):
 def _check_layout(layout):
     if layout not in LAYOUTS: raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}")
 
-# %% ../nbs/00_core.ipynb #eba68e36
+# %% ../nbs/00_core.ipynb #b9fdf663
 def _check_dim(dim, name="dim"):
     "A rotary dim is a positive even integer"
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral): raise TypeError(f"`{name}` must be an int, got {dim!r}")
@@ -45,7 +45,7 @@ def _check_positive(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real): raise TypeError(f"`{name}` must be a real number, got {value!r}")
     if not math.isfinite(value) or value <= 0: raise ValueError(f"`{name}` must be finite and > 0, got {value}")
 
-# %% ../nbs/00_core.ipynb #794fd93b
+# %% ../nbs/00_core.ipynb #658e154a
 def inv_freq(dim:int, # rotary dim `d`: how many features rotate; positive and even
              base:float=10000.0, # base θ of the geometric sequence; > 0
              dtype:torch.dtype=torch.float32, # float32 or float64
@@ -55,7 +55,7 @@ def inv_freq(dim:int, # rotary dim `d`: how many features rotate; positive and e
     expo = torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim
     return (1.0 / base ** expo).to(dtype)
 
-# %% ../nbs/00_core.ipynb #0d34c828
+# %% ../nbs/00_core.ipynb #2f1a50ca
 def _check_positions(positions, axis_map):
     "Positions are a finite, non-empty real tensor of 1 or 2 dims (plus a leading axis dim with `axis_map`)"
     _check_tensor("positions", positions, floating=False); _check_nonempty("positions", positions)
@@ -65,7 +65,7 @@ def _check_positions(positions, axis_map):
         raise ValueError(f"`positions` must be {shapes}, got shape {tuple(positions.shape)}")
     _check_finite("positions", positions)
 
-# %% ../nbs/00_core.ipynb #56792053
+# %% ../nbs/00_core.ipynb #41556c43
 def _gather_axes(positions, axis_map, R):
     "Per-pair positions `(..., T, R)`: pair p reads axis `axis_map[p]`"
     _check_tensor("axis_map", axis_map, floating=False)
@@ -74,7 +74,7 @@ def _gather_axes(positions, axis_map, R):
         raise ValueError(f"`axis_map` values must index the {positions.shape[0]} axes of `positions`")
     return positions[axis_map.to(positions.device).long()].movedim(0, -1)  # (..., T, R)
 
-# %% ../nbs/00_core.ipynb #4086be4c
+# %% ../nbs/00_core.ipynb #4fea064b
 def angles(positions:Tensor, # (T,) or (B, T); (A, T) or (A, B, T) with `axis_map`
            inv_freq:Tensor, # (R,) frequency of each rotary pair
            dtype:torch.dtype=torch.float32, # float32 or float64, never the activation dtype
@@ -88,7 +88,7 @@ def angles(positions:Tensor, # (T,) or (B, T); (A, T) or (A, B, T) with `axis_ma
     if axis_map is None: return positions.to(dtype)[..., None] * f
     return _gather_axes(positions.to(dtype), axis_map, len(f)) * f
 
-# %% ../nbs/00_core.ipynb #9a28c610
+# %% ../nbs/00_core.ipynb #13a75ffc
 def _check_rotary(x, angles, layout, name="x"):
     "Shapes and dtypes shared by `rotate` and the kernels; returns R, the number of rotary pairs"
     _check_tensor(name, x); _check_tensor("angles", angles); _check_layout(layout)
@@ -102,7 +102,7 @@ def _check_rotary(x, angles, layout, name="x"):
     if angles.device != x.device: raise ValueError(f"`angles` is on {angles.device} but `{name}` is on {x.device}")
     return angles.shape[-1]
 
-# %% ../nbs/00_core.ipynb #4d7b3c90
+# %% ../nbs/00_core.ipynb #4b1a65bb
 def _pairs(x, R, layout):
     "The two halves `(x1, x2)` of every rotary pair of the first 2R features"
     if layout == "half": return x[..., :R], x[..., R:2 * R]
@@ -113,7 +113,7 @@ def _unpairs(y1, y2, layout):
     if layout == "half": return torch.cat([y1, y2], -1)
     return torch.stack([y1, y2], -1).flatten(-2)
 
-# %% ../nbs/00_core.ipynb #857246a6
+# %% ../nbs/00_core.ipynb #42d73d01
 def rotate(x:Tensor, # (B, T, H, D) queries or keys, floating
            angles:Tensor, # (T, R) or (B, T, R) with 2R <= D, float32 or float64
            layout:str="half") -> Tensor: # (B, T, H, D), dtype of x
@@ -126,7 +126,7 @@ def rotate(x:Tensor, # (B, T, H, D) queries or keys, floating
     y = _unpairs(x1 * cos - x2 * sin, x2 * cos + x1 * sin, layout).to(x.dtype)
     return torch.cat([y, x[..., 2 * R:]], -1) if 2 * R < x.shape[-1] else y
 
-# %% ../nbs/00_core.ipynb #8c4cc760
+# %% ../nbs/00_core.ipynb #01aee409
 class Encoding:
     "Base of every positional encoding: a registered `name`, a `family` and a paper `card`"
     family: str = ""
@@ -134,7 +134,7 @@ class Encoding:
     @property
     def card(self): return _REGISTRY[self.name][1]
 
-# %% ../nbs/00_core.ipynb #d0d5cc50
+# %% ../nbs/00_core.ipynb #c40aacc9
 class RotaryEncoding(Encoding):
     "Rotates q and k by `angles(positions)`; subclasses implement `.angles`"
     family = "rotary"
@@ -147,7 +147,7 @@ class RotaryEncoding(Encoding):
         p = torch.arange(T, device=device)
         return p if self.n_axes == 1 else p.expand(self.n_axes, T)
 
-# %% ../nbs/00_core.ipynb #5777fa82
+# %% ../nbs/00_core.ipynb #df8c567b
 @patch
 def apply(self:RotaryEncoding, q:Tensor, # (B, T, Hq, D) queries
           k:Tensor|None, # (B, T, Hk, D) keys, Hk may differ from Hq; or None
@@ -159,7 +159,7 @@ def apply(self:RotaryEncoding, q:Tensor, # (B, T, Hq, D) queries
     return apply_rotary(q, k, self.angles(positions), layout=layout, backend=backend,
                         inplace=inplace, scale=self.attention_scale)
 
-# %% ../nbs/00_core.ipynb #25165087
+# %% ../nbs/00_core.ipynb #8e901d2f
 class FrequencyRotary(RotaryEncoding):
     "A rotary encoding whose angles are `positions ⊗ inv_freq` (per axis when `axis_map` is set)"
     inv_freq: Tensor  # (R,) set by the subclass
@@ -170,7 +170,7 @@ class FrequencyRotary(RotaryEncoding):
         "`(T, R)` or `(B, T, R)` angles in float32 (float64 on request)"
         return angles(positions, self.inv_freq, dtype, self.axis_map)
 
-# %% ../nbs/00_core.ipynb #d62bef55
+# %% ../nbs/00_core.ipynb #eb0b8373
 class BiasEncoding(Encoding):
     "Adds `bias(q_positions, k_positions)`, `(H, Tq, Tk)`, to the attention logits"
     family = "bias"
@@ -183,7 +183,7 @@ class AdditiveEncoding(Encoding):
     dim: int
     def embed(self, positions:Tensor) -> Tensor: raise NotImplementedError
 
-# %% ../nbs/00_core.ipynb #6913559e
+# %% ../nbs/00_core.ipynb #f8d62e8c
 FAMILIES = ("rotary", "bias", "additive", "none")
 GROUPS = {"0": "foundation", "1": "classics", "2": "context length", "3": "space and time", "4": "learned and general",
           "5": "coordinates", "6": "inference and numerics", "7": "lab", "9": "app"}
@@ -198,7 +198,7 @@ class Card:
     @property
     def url(self) -> str: return f"https://arxiv.org/abs/{self.arxiv}" if self.arxiv else ""
 
-# %% ../nbs/00_core.ipynb #1caa96f1
+# %% ../nbs/00_core.ipynb #2a9c0044
 _REGISTRY: dict = {}  # name -> (class, Card)
 
 def register(name:str, # short lowercase name, e.g. "rope"
@@ -214,7 +214,7 @@ def register(name:str, # short lowercase name, e.g. "rope"
         return cls
     return deco
 
-# %% ../nbs/00_core.ipynb #4f0f5edc
+# %% ../nbs/00_core.ipynb #7de78c4d
 _loaded = False
 def _load_all():
     "Import every posexplorer module once so that all `@register` calls have run"
@@ -225,7 +225,7 @@ def _load_all():
     for mod in d["syms"]:
         if not mod.split(".")[-1].startswith("_"): importlib.import_module(mod)
 
-# %% ../nbs/00_core.ipynb #7e847eee
+# %% ../nbs/00_core.ipynb #fd186396
 def names(family:str|None=None) -> list: # sorted names
     "Registered encoding names, all or of one `family`"
     if family is not None and family not in FAMILIES: raise ValueError(f"`family` must be one of {FAMILIES}, got {family!r}")
@@ -240,7 +240,7 @@ def get(name:str, **params) -> Encoding:
         raise ValueError(f"unknown encoding `name` {name!r}" + (f"; did you mean {', '.join(map(repr, close))}?" if close else f"; known: {', '.join(sorted(_REGISTRY))}"))
     return _REGISTRY[name][0](**params)
 
-# %% ../nbs/00_core.ipynb #fdd174fa
+# %% ../nbs/00_core.ipynb #b32cc39e
 class CardTable(list):
     "A list of `Card`s that shows itself as a table"
     def to_markdown(self) -> str:

@@ -1,4 +1,4 @@
-"""RoFormer's rotary position embedding: rotate each feature pair of q and k by an angle proportional to the token's position, and attention scores depend only on relative position. ([arXiv:2104.09864](https://arxiv.org/abs/2104.09864))
+"""RoFormer's rotary position embedding: turn each feature pair of q and k by an angle proportional to the token's position, and attention scores depend only on how far apart two tokens are. ([arXiv:2104.09864](https://arxiv.org/abs/2104.09864))
 
 Docs: https://posexplorer.github.io/posexplorer/rope.html.md"""
 
@@ -7,17 +7,17 @@ Docs: https://posexplorer.github.io/posexplorer/rope.html.md"""
 # %% auto #0
 __all__ = ['RoPE']
 
-# %% ../nbs/10_rope.ipynb #1f9e5184
+# %% ../nbs/10_rope.ipynb #5ac84c43
 from dataclasses import dataclass
 import torch
-from .core import FrequencyRotary, inv_freq, register, _check_dim, _check_positive
+from .core import FrequencyRotary, inv_freq, register
 
-# %% ../nbs/10_rope.ipynb #a8ec6cf4
+# %% ../nbs/10_rope.ipynb #2420ef2b
 @register("rope", title="RoFormer: Enhanced Transformer with Rotary Position Embedding", year=2021,
           arxiv="2104.09864", notebook="10_rope.ipynb", relative=True)
 @dataclass
 class RoPE(FrequencyRotary):
     "RoPE: pair i of the token at position m turns by `m * base**(-2i/dim)`"
-    dim: int = 128  # rotary dim: features that rotate (head_dim * partial_rotary_factor)
+    dim: int = 128  # rotary dim d: features that rotate (head_dim * partial_rotary_factor)
     base: float = 10000.0  # θ, Hugging Face's `rope_theta`
-    def __post_init__(self): self.inv_freq = inv_freq(self.dim, self.base)
+    def __post_init__(self): self.inv_freq = inv_freq(self.dim, self.base)  # (dim/2,) validates dim and base

@@ -1,0 +1,82 @@
+"The shared figures: every registered encoding draws, bad input names its argument, sliders are static."
+import json, math
+import numpy as np
+import pytest
+import torch
+from posexplorer.core import get, names, inv_freq, BiasEncoding
+from posexplorer.viz import (effective_inv_freq, wavelength_plot, kl_disturbance, angle_distribution, score_vs_distance,
+                             attention_map, allocation_strip, deviation_plot)
+
+class _Slopes(BiasEncoding):
+    "bias(m, n) = -slope_h |n - m| (a test double, not registered)"
+    name = "toy_bias"
+    def __init__(self, slopes): self.slopes, self.n_heads = torch.tensor(slopes), len(slopes)
+    def bias(self, qp, kp): return -self.slopes[:, None, None] * (kp[None, :] - qp[:, None]).abs().float()
+
+rope, bias = get("rope", dim=16), _Slopes([0.5, 0.25])
+
+@pytest.mark.parametrize("name", names("rotary"))
+def test_every_rotary_encoding_draws(name):
+    enc = get(name)
+    R = len(effective_inv_freq(enc))
+    for fig in (wavelength_plot(enc, context=512), allocation_strip(enc), score_vs_distance(enc, max_distance=32, bound=True),
+                angle_distribution(enc, 64, 256, bins=16), deviation_plot(enc, length=256)):
+        assert fig.layout.title.text.split("<br>")[0].endswith("?") and json.loads(fig.to_json())
+    assert kl_disturbance(enc, 64, 256).shape == (R,)
+    assert attention_map(enc, T=9, dim=2 * R + 2).data[0].z.shape == (9, 9)  # odd sizes, partial rotary
+
+@pytest.mark.parametrize("name", names("bias"))
+def test_every_bias_encoding_draws(name):
+    enc = get(name)
+    fig = score_vs_distance(enc, max_distance=16)
+    assert len(fig.data) == enc.n_heads + 1 and attention_map(enc, T=7, dim=8).data[0].z.shape == (7, 7)
+
+CASES = [  # (id, call, exception, the argument its message must name)
+    ("bias to wavelength_plot", lambda: wavelength_plot(bias), ValueError, "encodings"),
+    ("string to wavelength_plot", lambda: wavelength_plot("rope"), TypeError, "encodings"),
+    ("empty list", lambda: allocation_strip([]), ValueError, "encodings"),
+    ("zero context", lambda: wavelength_plot(rope, context=0), ValueError, "context"),
+    ("float context", lambda: wavelength_plot(rope, context=4096.0), TypeError, "context"),
+    ("mixed pair counts", lambda: wavelength_plot([rope, get("rope", dim=8)]), ValueError, "encodings"),
+    ("bias to effective_inv_freq", lambda: effective_inv_freq(bias), ValueError, "enc"),
+    ("extended below context", lambda: kl_disturbance(rope, 64, 32), ValueError, "extended"),
+    ("negative context", lambda: kl_disturbance(rope, -1, 32), ValueError, "context"),
+    ("one bin", lambda: kl_disturbance(rope, 8, 16, bins=1), ValueError, "bins"),
+    ("bias reference", lambda: kl_disturbance(rope, 8, 16, reference=bias), ValueError, "reference"),
+    ("reference of other width", lambda: angle_distribution(rope, 8, 16, reference=get("rope", dim=8)), ValueError, "reference"),
+    ("unknown q", lambda: score_vs_distance(rope, q="zeros"), ValueError, "q"),
+    ("q of wrong size", lambda: score_vs_distance(rope, q=torch.ones(8)), ValueError, "q"),
+    ("dim below rotary dim", lambda: score_vs_distance(rope, dim=8), ValueError, "dim"),
+    ("zero max_distance", lambda: score_vs_distance(rope, max_distance=0), ValueError, "max_distance"),
+    ("heads past n_heads", lambda: attention_map(bias, heads=(2,)), ValueError, "heads"),
+    ("empty heads", lambda: attention_map(rope, heads=()), ValueError, "heads"),
+    ("attention dim too small", lambda: attention_map(rope, dim=8), ValueError, "dim"),
+    ("encoding given by name", lambda: attention_map("rope"), TypeError, "encoding"),
+    ("integer dtype", lambda: deviation_plot(rope, dtypes=(torch.int32,)), ValueError, "dtypes"),
+    ("bias to deviation_plot", lambda: deviation_plot(bias), ValueError, "encoding"),
+    ("negative distance", lambda: deviation_plot(rope, distance=-1), ValueError, "distance"),
+]
+
+@pytest.mark.parametrize("call,exc,arg", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_names_the_argument(call, exc, arg):
+    with pytest.raises(exc) as info: call()
+    assert f"`{arg}`" in str(info.value), f"message does not name `{arg}`: {info.value}"
+
+def test_sliders_are_static():
+    "Every step carries its own full visibility list: the slider needs no kernel"
+    fig = attention_map(bias, T=5, heads=(0, 1), dim=4)
+    steps = fig.layout.sliders[0].steps
+    assert [s.method for s in steps] == ["restyle"] * 2
+    assert [s.args[0]["visible"] for s in steps] == [[True, False], [False, True]]
+    assert '"sliders"' in fig.to_json()
+
+def test_score_matches_roformer_closed_form():
+    "q = k = 1: the score is 2 Σ_j cos(r θ_j) (RoFormer §3.4.3), at an odd distance range"
+    y = np.asarray(score_vs_distance(get("rope", dim=64), max_distance=217).data[0].y)
+    th = inv_freq(64, dtype=torch.float64).numpy()
+    assert np.allclose(y, 2 * np.cos(np.arange(218)[:, None] * th[None]).sum(-1), atol=1e-3)
+
+def test_inputs_untouched():
+    enc = get("rope", dim=16); before = enc.inv_freq.clone()
+    wavelength_plot(enc); kl_disturbance(enc, 8, 16); deviation_plot(enc, length=64)
+    assert torch.equal(enc.inv_freq, before)

@@ -7,7 +7,7 @@ Docs: https://posexplorer.github.io/posexplorer/kernels.html.md"""
 # %% auto #0
 __all__ = ['BACKENDS', 'INTERPRET', 'apply_rotary', 'apply_rotary_positions']
 
-# %% ../nbs/01_kernels.ipynb #53de4998
+# %% ../nbs/01_kernels.ipynb #3daa38be
 import os, types
 from typing import NamedTuple
 import torch
@@ -20,7 +20,7 @@ except ImportError:  # no Triton on this platform (macOS, Windows): the torch ba
     triton = types.SimpleNamespace(jit=lambda fn: fn, cdiv=lambda a, b: -(-a // b), next_power_of_2=lambda n: 1 << (n - 1).bit_length())
     tl = types.SimpleNamespace(constexpr=None)
 
-# %% ../nbs/01_kernels.ipynb #7b7c1873
+# %% ../nbs/01_kernels.ipynb #b6927170
 @triton.jit
 def _rotate_heads(x_ptr, o_ptr, s_xb, s_xt, s_xh, s_ob, s_ot, s_oh, pid_b, H, D, R,
                   offs_t, mask_t, offs_1, offs_2, mask, cos, sin,
@@ -39,7 +39,7 @@ def _rotate_heads(x_ptr, o_ptr, s_xb, s_xt, s_xh, s_ob, s_ot, s_oh, pid_b, H, D,
             xp = tl.load(x_rows + h * s_xh + offs_p[None, :], mask=mask_p, other=0.0)
             tl.store(o_rows + h * s_oh + offs_p[None, :], xp, mask=mask_p)
 
-# %% ../nbs/01_kernels.ipynb #6e23288c
+# %% ../nbs/01_kernels.ipynb #59e611ec
 @triton.jit
 def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr,  # inputs, outputs (the same pointers when in place)
                    ang_ptr, pos_ptr, freq_ptr, axis_ptr,  # angle table, or positions + inv_freq (+ axis map)
@@ -70,7 +70,7 @@ def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr,  # inputs, outputs (the same po
     _rotate_heads(k_ptr, ko_ptr, s_kb, s_kt, s_kh, s_kob, s_kot, s_koh, pid_b, HK, D, R,
                   offs_t, mask_t, offs_1, offs_2, mask, cos, sin, COPY_PASS, BLOCK_P)
 
-# %% ../nbs/01_kernels.ipynb #fded1e92
+# %% ../nbs/01_kernels.ipynb #ee10055e
 class _Source(NamedTuple):
     "Where the angles come from: a table, or positions with frequencies (and an axis map)"
     angles: Tensor|None = None  # (T, R) or (B, T, R)
@@ -82,7 +82,7 @@ class _Source(NamedTuple):
         if self.angles is not None: return self.angles
         return _angles(self.positions, self.inv_freq, axis_map=self.axis_map)
 
-# %% ../nbs/01_kernels.ipynb #3c1a2fd8
+# %% ../nbs/01_kernels.ipynb #3c08e164
 def _check_pair(q, k, src, layout):
     "Check q, k and the angle source together"
     if src.angles is not None: _check_tensor("angles", src.angles); table = src.angles
@@ -95,7 +95,7 @@ def _check_pair(q, k, src, layout):
     if (k.shape[0], k.shape[1], k.shape[3]) != (q.shape[0], q.shape[1], q.shape[3]):
         raise ValueError(f"`k` shape {tuple(k.shape)} must match `q` shape {tuple(q.shape)} except in heads")
 
-# %% ../nbs/01_kernels.ipynb #a12c9a24
+# %% ../nbs/01_kernels.ipynb #46ee0531
 def _check_source(src, q):
     "Validate a positions-mode source and bring it to `(A, B|1, T)` positions on q's device"
     _check_tensor("inv_freq", src.inv_freq)
@@ -110,7 +110,7 @@ def _check_source(src, q):
         raise ValueError(f"`axis_map` must be ({len(src.inv_freq)},) with values below the {pos.shape[0]} position axes")
     return pos
 
-# %% ../nbs/01_kernels.ipynb #bb7540af
+# %% ../nbs/01_kernels.ipynb #cc9deb6c
 def _launch(q, k, qo, ko, src, layout, conj, scale, block_t=None):
     "Run the rotary kernel: rotate q into qo and k into ko (k may be None)"
     B, T, HQ, D = q.shape
@@ -136,7 +136,7 @@ def _launch(q, k, qo, ko, src, layout, conj, scale, block_t=None):
         INTERLEAVED=layout == "interleaved", CONJ=conj, COPY_PASS=(qo.data_ptr() != q.data_ptr()) and 2 * R < D,
         BLOCK_T=block_t, BLOCK_R=triton.next_power_of_2(R), BLOCK_P=triton.next_power_of_2(max(D - 2 * R, 1)))
 
-# %% ../nbs/01_kernels.ipynb #cc28cda7
+# %% ../nbs/01_kernels.ipynb #9f04720a
 class _ApplyRotary(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, src, layout, inplace, scale):
@@ -155,7 +155,7 @@ class _ApplyRotary(torch.autograd.Function):
         _launch(gq, gk, dq, dk, ctx.src, ctx.layout, True, ctx.scale)
         return dq, dk, None, None, None, None
 
-# %% ../nbs/01_kernels.ipynb #50833e45
+# %% ../nbs/01_kernels.ipynb #2c885d11
 BACKENDS = ("auto", "torch", "triton")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once: Triton reads it when the kernels are defined
 
@@ -168,7 +168,7 @@ def _backend(backend, q):
         if not (q.is_cuda or INTERPRET): raise ValueError("`backend`='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before posexplorer.kernels is imported")
     return backend
 
-# %% ../nbs/01_kernels.ipynb #7003903d
+# %% ../nbs/01_kernels.ipynb #f4705dfb
 def _torch_rotary(q, k, src, layout, inplace, scale):
     "The torch path: `core.rotate`, scaled like the kernel"
     a = src.table()
@@ -183,7 +183,7 @@ def _scaled(x, a, layout, scale):
     y, R2 = rotate(x, a, layout), 2 * a.shape[-1]
     return torch.cat([y[..., :R2] * scale, y[..., R2:]], -1)
 
-# %% ../nbs/01_kernels.ipynb #a3978968
+# %% ../nbs/01_kernels.ipynb #0128de7e
 def _apply(q, k, src, layout, backend, inplace, scale):
     "Shared body of the public calls"
     _check_layout(layout); _check_tensor("q", q)
@@ -193,7 +193,7 @@ def _apply(q, k, src, layout, backend, inplace, scale):
         raise ValueError("`angles` requires grad, which the Triton kernel does not compute; use backend='torch'")
     return _ApplyRotary.apply(q, k, src, layout, inplace, scale)
 
-# %% ../nbs/01_kernels.ipynb #d77dd6fd
+# %% ../nbs/01_kernels.ipynb #6fa054ce
 def apply_rotary(q:Tensor, # (B, T, Hq, D) queries, last dim contiguous
                  k:Tensor|None, # (B, T, Hk, D) keys (Hk may be smaller: GQA), or None
                  angles:Tensor, # (T, R) or (B, T, R), 2R <= D, float32 or float64
@@ -204,7 +204,7 @@ def apply_rotary(q:Tensor, # (B, T, Hq, D) queries, last dim contiguous
     "Rotate q and k by `angles` in one launch; features past 2R pass through: `(q, k)`"
     return _apply(q, k, _Source(angles=angles), layout, backend, inplace, scale)
 
-# %% ../nbs/01_kernels.ipynb #9a215a51
+# %% ../nbs/01_kernels.ipynb #cb629ffa
 def apply_rotary_positions(q:Tensor, # (B, T, Hq, D) queries
                            k:Tensor|None, # (B, T, Hk, D) keys, or None
                            positions:Tensor, # (T,) or (B, T); (A, T) or (A, B, T) with `axis_map`

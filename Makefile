@@ -59,7 +59,9 @@ lab: setup
 bench: setup
 	$(BIN)/posexplorer bench
 
-readme: setup
+# README.md is generated from nbs/index.ipynb; its figure is a snapshot of the RoPE page's first figure.
+readme: site chromium
+	$(PY) tools/snapshot.py _docs/10_rope.html 0 nbs/images/rope_decay.png
 	$(PY) tools/build_readme.py
 
 clean:

@@ -82,7 +82,7 @@ def attend(q:Tensor, # (B, Tq, Hq, D) queries
            encoding:Encoding|None=None, # any registered encoding, or None
            causal:bool=True, backend:str="auto",
            positions:Tensor|None=None) -> Tensor: # (B, Tq, Hq, D) in q's dtype
-    "Reference attention over any encoding (positions default to 0..T-1 for queries and keys)"
+    "Reference attention over any encoding; `positions` (both q and k) default to 0..Tk-1, queries taking the last Tq"
     _check_qk(q, k, v)
     p = attention_probs(q, k, encoding, q_positions=positions, k_positions=positions, causal=causal, backend=backend)
     return torch.einsum("bhqk,bkhd->bqhd", p, _repeat_kv(v, q.shape[2]).float()).to(q.dtype)

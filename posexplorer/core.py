@@ -103,15 +103,9 @@ def _check_rotary(x, angles, layout, name="x"):
     return angles.shape[-1]
 
 # %% ../nbs/00_core.ipynb #4b1a65bb
-def _pairs(x, R, layout):
-    "The two halves `(x1, x2)` of every rotary pair of the first 2R features"
-    if layout == "half": return x[..., :R], x[..., R:2 * R]
-    return x[..., 0:2 * R:2], x[..., 1:2 * R:2]
-
-def _unpairs(y1, y2, layout):
-    "Inverse of `_pairs` on the rotated features"
-    if layout == "half": return torch.cat([y1, y2], -1)
-    return torch.stack([y1, y2], -1).flatten(-2)
+def _halves(R, layout):
+    "Index slices of the two halves `(x1, x2)` of every rotary pair among the first 2R features"
+    return (slice(0, R), slice(R, 2 * R)) if layout == "half" else (slice(0, 2 * R, 2), slice(1, 2 * R, 2))
 
 # %% ../nbs/00_core.ipynb #42d73d01
 def rotate(x:Tensor, # (B, T, H, D) queries or keys, floating
@@ -119,12 +113,16 @@ def rotate(x:Tensor, # (B, T, H, D) queries or keys, floating
            layout:str="half") -> Tensor: # (B, T, H, D), dtype of x
     "Rotate every feature pair of `x` by its angle; features past 2R pass through. The torch reference."
     R = _check_rotary(x, angles, layout)
-    ct = torch.promote_types(torch.float32, angles.dtype)
+    ct = torch.promote_types(torch.float32, angles.dtype)  # float32, or float64 for float64 angles
     a = angles if angles.ndim == 3 else angles[None]  # (B|1, T, R)
     cos, sin = a.cos()[:, :, None].to(ct), a.sin()[:, :, None].to(ct)  # (B|1, T, 1, R)
-    x1, x2 = (h.to(ct) for h in _pairs(x, R, layout))
-    y = _unpairs(x1 * cos - x2 * sin, x2 * cos + x1 * sin, layout).to(x.dtype)
-    return torch.cat([y, x[..., 2 * R:]], -1) if 2 * R < x.shape[-1] else y
+    s1, s2 = _halves(R, layout)
+    x1, x2 = x[..., s1].to(ct), x[..., s2].to(ct)  # (B, T, H, R) each
+    out = torch.empty_like(x)  # results are rounded to x.dtype once, as they are written
+    out[..., s1] = torch.addcmul(x1 * cos, x2, sin, value=-1)
+    out[..., s2] = torch.addcmul(x2 * cos, x1, sin)
+    if 2 * R < x.shape[-1]: out[..., 2 * R:] = x[..., 2 * R:]  # partial rotary: the rest pass through
+    return out
 
 # %% ../nbs/00_core.ipynb #01aee409
 class Encoding:

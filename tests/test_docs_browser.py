@@ -1,0 +1,105 @@
+"""Open every page of the built docs site (`make site` -> _docs/) in a real Chromium.
+
+Debian's Chromium (/usr/bin/chromium, `make chromium`) is driven through Playwright's sync API; `playwright install`
+is never run. The pages are served from 127.0.0.1 by `http.server` in a thread. Each page must load with status 200,
+draw every plotly figure, typeset its math with the local MathJax, log no console error and raise no page error,
+and make no request that leaves 127.0.0.1. The RoPE page is saved to test-artifacts/rope.png.
+"""
+import functools, http.server, re, shutil, sys, threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from chromium import CHROMIUM, launch  # the one way this project opens Chromium
+DOCS = ROOT / "_docs"
+ARTIFACTS = ROOT / "test-artifacts"
+NO_SITE = "no built docs in _docs/: run make site first"
+PAGES = sorted(p.name for p in DOCS.glob("*.html")) or [NO_SITE]
+
+pytestmark = pytest.mark.browser
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args): pass
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    "http://127.0.0.1:<free port>/ serving _docs/"
+    if not (DOCS / "index.html").exists() and not list(DOCS.glob("*.html")): pytest.fail(NO_SITE)
+    handler = functools.partial(_Quiet, directory=str(DOCS))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    srv.shutdown(); srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    "One Chromium for the whole module"
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.fail(f"{CHROMIUM} not found: run `make chromium` (Debian's chromium package)")
+    from playwright.sync_api import sync_playwright
+    pw = sync_playwright().start()
+    b = launch(pw)
+    yield b
+    b.close(); pw.stop()
+
+
+def _expects_math(html: str) -> bool:
+    "Does the page have $...$ / $$...$$ outside code, scripts and MathJax-ignored elements?"
+    s = re.sub(r"<(script|pre|code|style)\b.*?</\1>", " ", html, flags=re.S | re.I)
+    s = re.sub(r'<span class="tex2jax_ignore">.*?</span>', " ", s, flags=re.S)
+    s = re.sub(r"<[^>]+>", " ", s)
+    return re.search(r"\$[^$\s][^$]*?\$", s) is not None
+
+
+def _local(url: str) -> bool:
+    u = urlsplit(url)
+    return u.scheme in ("data", "blob", "about") or u.hostname == "127.0.0.1"
+
+
+@pytest.mark.parametrize("page_name", PAGES)
+def test_page(page_name, base_url, browser):
+    if page_name == NO_SITE: pytest.fail(NO_SITE)
+    html = (DOCS / page_name).read_text(encoding="utf-8")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors, requests = [], []
+    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text} ({m.location.get('url', '')})")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        resp = page.goto(base_url + page_name, wait_until="load", timeout=30_000)
+        assert resp is not None and resp.status == 200, f"{page_name}: status {resp and resp.status}"
+
+        n_plots = page.locator(".plotly-graph-div").count()
+        assert n_plots == html.count('class="plotly-graph-div'), f"{page_name}: plotly divs missing from the DOM"
+        if n_plots:
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.plotly-graph-div')].every(d => d.querySelector('svg.main-svg'))",
+                timeout=30_000)
+            assert page.locator(".plotly-graph-div svg.main-svg").count() >= n_plots
+
+        if _expects_math(html):
+            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
+            page.evaluate("() => MathJax.startup.promise")
+            assert page.locator("mjx-container").count() > 0, f"{page_name}: MathJax typeset no math"
+            bad = page.locator("mjx-merror").all_inner_texts()
+            assert not bad, f"{page_name}: TeX errors: {bad[:5]}"
+
+        page.wait_for_load_state("networkidle", timeout=30_000)
+        if page_name == "10_rope.html":
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "rope.png"), full_page=True)
+    finally:
+        context.close()
+
+    assert not errors, f"{page_name}: " + "\n".join(errors)
+    off = sorted({u for u in requests if not _local(u)})
+    assert not off, f"{page_name}: requests left 127.0.0.1: {off}"

@@ -108,21 +108,30 @@ def _halves(R, layout):
     return (slice(0, R), slice(R, 2 * R)) if layout == "half" else (slice(0, 2 * R, 2), slice(1, 2 * R, 2))
 
 # %% ../nbs/00_core.ipynb #42d73d01
-def rotate(x:Tensor, # (B, T, H, D) queries or keys, floating
-           angles:Tensor, # (T, R) or (B, T, R) with 2R <= D, float32 or float64
-           layout:str="half") -> Tensor: # (B, T, H, D), dtype of x
-    "Rotate every feature pair of `x` by its angle; features past 2R pass through. The torch reference."
-    R = _check_rotary(x, angles, layout)
-    ct = torch.promote_types(torch.float32, angles.dtype)  # float32, or float64 for float64 angles
-    a = angles if angles.ndim == 3 else angles[None]  # (B|1, T, R)
-    cos, sin = a.cos()[:, :, None].to(ct), a.sin()[:, :, None].to(ct)  # (B|1, T, 1, R)
+def _cos_sin(angles:Tensor) -> tuple: # (B|1, T, 1, R) cos and sin, float32 (float64 for float64 angles)
+    "cos and sin of an angle table, shaped to broadcast over heads"
+    a = (angles if angles.ndim == 3 else angles[None])[:, :, None]  # (B|1, T, 1, R)
+    ct = torch.promote_types(torch.float32, angles.dtype)
+    return a.cos().to(ct), a.sin().to(ct)
+
+def _rotate_cs(x, cos, sin, layout): # (B, T, H, D), dtype of x
+    "The rotation itself, from precomputed cos and sin; no checks"
+    R = cos.shape[-1]
     s1, s2 = _halves(R, layout)
-    x1, x2 = x[..., s1].to(ct), x[..., s2].to(ct)  # (B, T, H, R) each
+    x1, x2 = x[..., s1].to(cos.dtype), x[..., s2].to(cos.dtype)  # (B, T, H, R) each
     out = torch.empty_like(x)  # results are rounded to x.dtype once, as they are written
     out[..., s1] = torch.addcmul(x1 * cos, x2, sin, value=-1)
     out[..., s2] = torch.addcmul(x2 * cos, x1, sin)
     if 2 * R < x.shape[-1]: out[..., 2 * R:] = x[..., 2 * R:]  # partial rotary: the rest pass through
     return out
+
+# %% ../nbs/00_core.ipynb #c3236ca5
+def rotate(x:Tensor, # (B, T, H, D) queries or keys, floating
+           angles:Tensor, # (T, R) or (B, T, R) with 2R <= D, float32 or float64
+           layout:str="half") -> Tensor: # (B, T, H, D), dtype of x
+    "Rotate every feature pair of `x` by its angle; features past 2R pass through. The torch reference."
+    _check_rotary(x, angles, layout)
+    return _rotate_cs(x, *_cos_sin(angles), layout)
 
 # %% ../nbs/00_core.ipynb #01aee409
 class Encoding:

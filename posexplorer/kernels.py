@@ -12,7 +12,7 @@ import os, types
 from typing import NamedTuple
 import torch
 from torch import Tensor
-from .core import _check_layout, _check_rotary, _check_tensor, _check_positions, rotate, angles as _angles
+from .core import _check_layout, _check_rotary, _check_tensor, _check_positions, _cos_sin, _rotate_cs, rotate, angles as _angles
 try:
     import triton
     import triton.language as tl
@@ -169,19 +169,27 @@ def _backend(backend, q):
     return backend
 
 # %% ../nbs/01_kernels.ipynb #f4705dfb
+class _RotateCS(torch.autograd.Function):
+    "The torch rotation with the kernel's closed-form backward, the conjugate rotation (angles get no gradient)"
+    @staticmethod
+    def forward(ctx, x, cos, sin, layout):
+        ctx.save_for_backward(cos, sin); ctx.layout = layout
+        return _rotate_cs(x, cos, sin, layout)
+    @staticmethod
+    def backward(ctx, g):
+        cos, sin = ctx.saved_tensors
+        return _rotate_cs(g, cos, -sin, ctx.layout), None, None, None
+
 def _torch_rotary(q, k, src, layout, inplace, scale):
-    "The torch path: `core.rotate`, scaled like the kernel"
-    a = src.table()
+    "The torch path: `core.rotate`'s arithmetic, cos and sin computed once for q and k and scaled like the kernel"
+    cos, sin = _cos_sin(src.table())
+    if scale != 1.0: cos, sin = cos * scale, sin * scale
+    rot = _rotate_cs if cos.requires_grad else _RotateCS.apply  # learned angles: plain autograd through the math
     def one(x):
         if x is None: return None
-        y = rotate(x, a, layout) if scale == 1.0 else _scaled(x, a, layout, scale)
+        y = rot(x, cos, sin, layout)
         return x.copy_(y) if inplace else y
     return one(q), one(k)
-
-def _scaled(x, a, layout, scale):
-    "rotate, with the rotated features multiplied by `scale` and the rest passed through"
-    y, R2 = rotate(x, a, layout), 2 * a.shape[-1]
-    return torch.cat([y[..., :R2] * scale, y[..., R2:]], -1)
 
 # %% ../nbs/01_kernels.ipynb #0128de7e
 def _apply(q, k, src, layout, backend, inplace, scale):

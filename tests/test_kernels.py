@@ -130,3 +130,16 @@ def test_cuda_headline_shape(dtype):
     a = angles(torch.arange(4096, device=DEV), inv_freq(128).to(DEV))
     qo, ko = apply_rotary(q, k, a, backend="triton")
     _close(qo, rotate(q, a)); _close(ko, rotate(k, a))
+
+def test_learned_angles_get_gradients_on_the_torch_path():
+    "Angles that require grad (learned frequencies) train through the torch path; the kernel refuses them clearly"
+    q, k = _qk(T=7, D=8)
+    f = inv_freq(8).to(DEV).requires_grad_()
+    a = angles(torch.arange(7, device=DEV), f)
+    qo, ko = apply_rotary(q, k, a, backend="torch")
+    (g,) = torch.autograd.grad((qo * torch.randn_like(qo)).sum(), f)
+    assert g.shape == (4,) and torch.isfinite(g).all() and g.abs().sum() > 0
+    f64 = f.detach().double().requires_grad_()  # the gradient agrees with finite differences
+    fn = lambda ff: apply_rotary(q.double(), None, angles(torch.arange(7, device=DEV), ff, torch.float64), backend="torch")[0].pow(3).sum()
+    assert torch.autograd.gradcheck(fn, (f64,))
+    with pytest.raises(ValueError, match="backend='torch'"): apply_rotary(q, k, a, backend="triton")

@@ -355,6 +355,7 @@ def prepare_cells(nb, stem: str) -> dict:
         if "code-fold" in d and not _false(d["code-fold"]):
             meta["fold"] = "show" if d["code-fold"] == "show" else "hide"
             meta["summary"] = d.get("code-summary", "Code")
+        if d.get("fig-cap"): meta["caption"] = str(d["fig-cap"]).strip('"')
         if _false(d.get("output", "true")): cell.outputs = []
         outs = []
         for o in cell.get("outputs", []):
@@ -396,6 +397,12 @@ _TEMPLATE = r"""{%- extends 'basic/index.html.j2' -%}
 {{ super() }}
 {%- endif -%}
 {%- endblock input_group %}
+{% block output_group -%}
+{{ super() }}
+{%- if cell.metadata.get('posx', {}).get('caption') %}
+<p class="fig-cap">{{ cell.metadata['posx']['caption'] | e }}</p>
+{%- endif -%}
+{%- endblock output_group %}
 """
 
 
@@ -615,6 +622,7 @@ pre code { background: none; padding: 0; }
 .output_markdown hr:first-child { border: 0; border-top: 1px solid var(--border); }
 .output_markdown h3, .output_markdown h4 { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
   font-size: 1.05rem; }
+p.fig-cap { color: var(--muted); font-style: italic; font-size: .92rem; margin: .2rem 0 1.2rem; }
 details.code-fold > summary { cursor: pointer; color: var(--muted); font-size: .85rem; margin-bottom: .2rem; }
 .plotly-graph-div { margin: .5rem 0; }
 .callout { border-left: 4px solid var(--accent); background: #f3f7fc; padding: .2rem 1rem; margin: 1rem 0;

@@ -40,8 +40,7 @@ def _positions(enc, T, given, device, offset=0):
 # %% ../nbs/02_attention.ipynb #7511d374
 def _encode_qk(q, k, enc, qp, kp, backend):
     "Apply a rotary or additive encoding to q and k: `(q, k)`"
-    if isinstance(enc, RotaryEncoding):
-        return enc.apply(q, None, qp, backend=backend)[0], enc.apply(k, None, kp, backend=backend)[0]
+    if isinstance(enc, RotaryEncoding): return enc.apply(q, k, qp, backend=backend, k_positions=kp)
     if isinstance(enc, AdditiveEncoding):
         B, Tq, H, D = q.shape
         pq, pk = enc.embed(qp).to(q.dtype), enc.embed(kp).to(k.dtype)  # (T, H*D)

@@ -156,15 +156,17 @@ class RotaryEncoding(Encoding):
 
 # %% ../nbs/00_core.ipynb #df8c567b
 @patch
-def apply(self:RotaryEncoding, q:Tensor, # (B, T, Hq, D) queries
-          k:Tensor|None, # (B, T, Hk, D) keys, Hk may differ from Hq; or None
-          positions:Tensor|None=None, # default: `default_positions(T)`
-          layout:str="half", backend:str="auto", inplace:bool=False):
+def apply(self:RotaryEncoding, q:Tensor, # (B, Tq, Hq, D) queries
+          k:Tensor|None, # (B, Tk, Hk, D) keys, Hk may differ from Hq; or None
+          positions:Tensor|None=None, # the queries' positions (and the keys' too); default `default_positions(Tq)`
+          layout:str="half", backend:str="auto", inplace:bool=False,
+          k_positions:Tensor|None=None): # the keys' positions when they differ (a KV cache, cross-attention)
     "Rotate q and k by this encoding's angles with the shared kernel: `(q, k)`"
     from posexplorer.kernels import apply_rotary  # the kernel module imports this one
     if positions is None: positions = self.default_positions(q.shape[1], device=q.device)
-    return apply_rotary(q, k, self.angles(positions), layout=layout, backend=backend,
-                        inplace=inplace, scale=self.attention_scale)
+    kw = dict(layout=layout, backend=backend, inplace=inplace, scale=self.attention_scale)
+    if k is None or k_positions is None: return apply_rotary(q, k, self.angles(positions), **kw)  # one launch
+    return apply_rotary(q, None, self.angles(positions), **kw)[0], apply_rotary(k, None, self.angles(k_positions), **kw)[0]
 
 # %% ../nbs/00_core.ipynb #8e901d2f
 class FrequencyRotary(RotaryEncoding):
@@ -182,7 +184,12 @@ class BiasEncoding(Encoding):
     "Adds `bias(q_positions, k_positions)`, `(H, Tq, Tk)`, to the attention logits"
     family = "bias"
     n_heads: int
-    def bias(self, q_positions:Tensor, k_positions:Tensor) -> Tensor: raise NotImplementedError
+    def bias(self, q_positions:Tensor, k_positions:Tensor) -> Tensor: raise NotImplementedError  # (H, Tq, Tk)
+    def scale(self, q_positions:Tensor, k_positions:Tensor) -> Tensor|None: return None  # (H, Tq, Tk) multiplies the probabilities (URPE)
+    # What attention kernels use instead of (Tq, Tk) tables, when the encoding has it:
+    def linear_slopes(self) -> Tensor|None: return None  # (H,) when bias = -slopes[h]·|k - q| (ALiBi)
+    def relative_bias(self, offsets:Tensor) -> Tensor|None: return None  # (H, N) bias at offsets k - q when it depends on nothing else
+    def relative_scale(self, offsets:Tensor) -> Tensor|None: return None  # (H, N) the same for `scale`
 
 class AdditiveEncoding(Encoding):
     "Adds `embed(positions)`, `(T, dim)`, to the token embeddings"

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .core import Encoding, RotaryEncoding, BiasEncoding, AdditiveEncoding, _check_tensor, _check_nonempty
+from .kernels import triton, tl, _backend
 
 # %% ../nbs/02_attention.ipynb #91f27812
 def _check_qk(q, k, v=None):
@@ -36,6 +37,10 @@ def _positions(enc, T, given, device, offset=0):
     if given is not None: return given
     p = enc.default_positions(T, device=device) if isinstance(enc, RotaryEncoding) else torch.arange(T, device=device)
     return p + offset
+
+def _qk_positions(enc, Tq, Tk, q_positions, k_positions, device):
+    "Query and key positions: keys default to 0..Tk-1 and queries to the last Tq of them"
+    return _positions(enc, Tq, q_positions, device, max(Tk - Tq, 0)), _positions(enc, Tk, k_positions, device)
 
 # %% ../nbs/02_attention.ipynb #7511d374
 def _encode_qk(q, k, enc, qp, kp, backend):
@@ -62,8 +67,7 @@ def attention_logits(q:Tensor, # (B, Tq, Hq, D)
     "Scaled attention logits with the encoding applied; masked entries are -inf"
     if encoding is not None and not isinstance(encoding, Encoding): raise TypeError(f"`encoding` must be an Encoding or None, got {type(encoding).__name__}")
     B, Tq, H, D = _check_qk(q, k)
-    Tk = k.shape[1]  # queries default to the last Tq positions, keys to 0..Tk-1
-    qp, kp = _positions(encoding, Tq, q_positions, q.device, max(Tk - Tq, 0)), _positions(encoding, Tk, k_positions, q.device)
+    qp, kp = _qk_positions(encoding, Tq, k.shape[1], q_positions, k_positions, q.device)
     q, k = _encode_qk(q, k, encoding, qp, kp, backend)
     logits = torch.einsum("bqhd,bkhd->bhqk", q.float(), _repeat_kv(k, H).float()) / math.sqrt(D)
     if isinstance(encoding, BiasEncoding): logits = logits + encoding.bias(qp, kp).to(logits)[None]
@@ -75,13 +79,115 @@ def attention_probs(q:Tensor, k:Tensor, encoding:Encoding|None=None, **kwargs) -
     "Softmax of `attention_logits` over keys, in float32"
     return attention_logits(q, k, encoding, **kwargs).softmax(-1)
 
+def _reference(q, k, v, encoding, causal, backend, positions):
+    "The torch reference: probabilities (times a bias encoding's `scale`, as in URPE) applied to v"
+    p = attention_probs(q, k, encoding, q_positions=positions, k_positions=positions, causal=causal, backend=backend)
+    if isinstance(encoding, BiasEncoding):
+        c = encoding.scale(*_qk_positions(encoding, q.shape[1], k.shape[1], positions, positions, q.device))
+        if c is not None: p = p * c.to(p)[None]  # (B, H, Tq, Tk)
+    return torch.einsum("bhqk,bkhd->bqhd", p, _repeat_kv(v, q.shape[2]).float()).to(q.dtype)
+
+# %% ../nbs/02_attention.ipynb #78ca51cc
+@triton.jit
+def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, slope_ptr, rb_ptr, rs_ptr,
+                      s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh, s_rb, s_rs,
+                      Tq, Tk, H, GROUP, D, sm_scale,
+                      BIAS: tl.constexpr, SCALE: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
+                      PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // H, pid_bh % H
+    hk = h // GROUP  # grouped-query attention: the k/v head of this query head
+    offs_m, offs_n, offs_d = pid_m * BLOCK_M + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D)
+    mask_m, mask_d = offs_m < Tq, offs_d < D
+    q = tl.load(q_ptr + b * s_qb + offs_m[:, None] * s_qt + h * s_qh + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    if UPCAST: q = q.to(tl.float32)
+    q_pos = offs_m + Tk - Tq  # queries are the last Tq positions
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    slope = tl.load(slope_ptr + h).to(tl.float32) if BIAS == 1 else 0.0
+    hi = tl.minimum(Tk, (pid_m + 1) * BLOCK_M + Tk - Tq) if CAUSAL else Tk  # causal: later key blocks are all masked
+    for start in range(0, hi, BLOCK_N):
+        offs_k = start + offs_n
+        mask_k = offs_k < Tk
+        kT = tl.load(k_ptr + b * s_kb + offs_k[None, :] * s_kt + hk * s_kh + offs_d[:, None], mask=mask_k[None, :] & mask_d[:, None], other=0.0)
+        if UPCAST: kT = kT.to(tl.float32)
+        s = tl.dot(q, kT, input_precision=PRECISION) * sm_scale  # (BLOCK_M, BLOCK_N) logits
+        rel = offs_k[None, :] - q_pos[:, None]  # k - q
+        valid = mask_m[:, None] & mask_k[None, :]
+        if CAUSAL: valid = valid & (rel <= 0)
+        if BIAS == 1: s += -slope * tl.abs(rel).to(tl.float32)
+        if BIAS == 2: s += tl.load(rb_ptr + h * s_rb + rel + Tk - 1, mask=valid, other=0.0).to(tl.float32)
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if SCALE: p = p * tl.load(rs_ptr + h * s_rs + rel + Tk - 1, mask=valid, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + b * s_vb + offs_k[:, None] * s_vt + hk * s_vh + offs_d[None, :], mask=mask_k[:, None] & mask_d[None, :], other=0.0)
+        if UPCAST: v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(o_ptr + b * s_ob + offs_m[:, None] * s_ot + h * s_oh + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+# %% ../nbs/02_attention.ipynb #4c305714
+def _bias_mode(encoding, q, Tk):
+    "(BIAS, slopes, relative bias, relative scale) for the kernel; raises ValueError when it cannot run"
+    if not isinstance(encoding, BiasEncoding): return 0, None, None, None
+    offsets = torch.arange(-(Tk - 1), q.shape[1], device=q.device)  # every k - q the kernel meets
+    slopes, rs = encoding.linear_slopes(), encoding.relative_scale(offsets)
+    if slopes is not None: return 1, slopes.to(q.device, torch.float32).contiguous(), None, rs
+    rb = encoding.relative_bias(offsets)
+    if rb is None: raise ValueError(f"{type(encoding).__name__} gives no slopes nor relative_bias(offsets)")
+    return 2, None, rb.to(q.device, torch.float32).contiguous(), rs
+
+def _why_not_kernel(q, k, v, encoding, positions):
+    "Why the Triton attention cannot run these inputs, or None"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)): return "it is forward only (inputs require grad)"
+    if q.shape[1] > k.shape[1]: return f"it needs Tq <= Tk, got Tq={q.shape[1]}, Tk={k.shape[1]}"
+    if q.shape[-1] > 256: return f"head dim {q.shape[-1]} > 256"
+    if isinstance(encoding, BiasEncoding) and positions is not None: return "a bias encoding with custom positions"
+    return None
+
+# %% ../nbs/02_attention.ipynb #8e0c99c7
+def _attention_triton(q, k, v, mode, causal):
+    "Launch the attention kernel: `(B, Tq, Hq, D)` output in q's dtype"
+    (B, Tq, H, D), Tk = q.shape, k.shape[1]
+    bias, slopes, rb, rs = mode
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1: raise ValueError(f"`{name}` must be contiguous in its last dim")
+    o, dummy = torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(1, dtype=torch.float32)
+    rs = rs.to(q.device, torch.float32).contiguous() if rs is not None else None
+    interp = not q.is_cuda
+    BM, BN = (32, 32) if interp else ((128, 64) if D > 64 else (64, 64))
+    grid = (triton.cdiv(Tq, BM), B * H)
+    _attention_kernel[grid](q, k, v, o, slopes if slopes is not None else dummy, rb if rb is not None else dummy, rs if rs is not None else dummy,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1), o.stride(2), rb.stride(0) if rb is not None else 0, rs.stride(0) if rs is not None else 0,
+        Tq, Tk, H, H // k.shape[2], D, 1.0 / math.sqrt(D), BIAS=bias, SCALE=rs is not None, CAUSAL=causal, UPCAST=interp,
+        PRECISION="ieee" if (interp or q.dtype == torch.float32) else "tf32",
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=max(16, triton.next_power_of_2(D)), num_warps=8 if D > 64 else 4)
+    return o
+
+# %% ../nbs/02_attention.ipynb #dd560f60
 def attend(q:Tensor, # (B, Tq, Hq, D) queries
            k:Tensor, # (B, Tk, Hk, D) keys
            v:Tensor, # (B, Tk, Hk, D) values
            encoding:Encoding|None=None, # any registered encoding, or None
            causal:bool=True, backend:str="auto",
            positions:Tensor|None=None) -> Tensor: # (B, Tq, Hq, D) in q's dtype
-    "Reference attention over any encoding; `positions` (both q and k) default to 0..Tk-1, queries taking the last Tq"
+    "Attention over any encoding; `positions` (both q and k) default to 0..Tk-1, queries taking the last Tq"
     _check_qk(q, k, v)
-    p = attention_probs(q, k, encoding, q_positions=positions, k_positions=positions, causal=causal, backend=backend)
-    return torch.einsum("bhqk,bkhd->bqhd", p, _repeat_kv(v, q.shape[2]).float()).to(q.dtype)
+    if encoding is not None and not isinstance(encoding, Encoding): raise TypeError(f"`encoding` must be an Encoding or None, got {type(encoding).__name__}")
+    mode, why = None, (_why_not_kernel(q, k, v, encoding, positions) if _backend(backend, q) == "triton" else "torch backend")
+    if why is None:
+        try: mode = _bias_mode(encoding, q, k.shape[1])
+        except ValueError as e: why = str(e)
+    if why is not None:
+        if backend == "triton": raise ValueError(f"`backend`='triton' cannot run this attention: {why}")
+        return _reference(q, k, v, encoding, causal, backend, positions)
+    qp, kp = _qk_positions(encoding, q.shape[1], k.shape[1], positions, positions, q.device)
+    q, k = _encode_qk(q, k, encoding, qp, kp, backend)
+    return _attention_triton(q, k, v, mode, causal)

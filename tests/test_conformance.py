@@ -80,6 +80,37 @@ def test_bias_shape_and_translation(name, H, Tq, Tk, shift):
     assert b.shape == (H, Tq, Tk) and torch.isfinite(b).all()
     if _claims(name).get("translation_invariant"): torch.testing.assert_close(enc.bias(qp + shift, kp + shift), b)
 
+@pytest.mark.parametrize("name", BIAS)
+@SETTINGS
+@given(H=st.integers(1, 12), Tq=lengths, Tk=lengths)
+def test_bias_kernel_forms_agree(name, H, Tq, Tk):
+    "The forms an attention kernel uses (slopes, functions of k - q) must equal `bias` and `scale`"
+    enc = get(name, n_heads=H)
+    qp, kp = torch.arange(Tq) + 3, torch.arange(Tk)
+    off = kp[None, :] - qp[:, None]  # (Tq, Tk) offsets k - q
+    b, c = enc.bias(qp, kp), enc.scale(qp, kp)
+    s = enc.linear_slopes()
+    if s is not None: torch.testing.assert_close(b, -s.float()[:, None, None] * off.abs().float(), **TOL[torch.float32])
+    rb = enc.relative_bias(off.flatten())
+    if rb is not None: torch.testing.assert_close(rb.reshape(H, Tq, Tk).to(b), b)
+    if c is not None:
+        assert c.shape == (H, Tq, Tk) and torch.isfinite(c).all()
+        rs = enc.relative_scale(off.flatten())
+        if rs is not None: torch.testing.assert_close(rs.reshape(H, Tq, Tk).to(c), c)
+
+@pytest.mark.parametrize("name", BIAS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_bias_attention_kernel_parity(name, causal):
+    "Every bias encoding the Triton attention can run gives the reference's output (Triton's interpreter on a CPU)"
+    from posexplorer.attention import attend
+    enc = get(name, n_heads=3)
+    q, k, v = torch.randn(1, 29, 3, 64), torch.randn(1, 29, 3, 64), torch.randn(1, 29, 3, 64)
+    ref = attend(q, k, v, enc, causal=causal, backend="torch")
+    try: out = attend(q, k, v, enc, causal=causal, backend="triton")
+    except ValueError as e:
+        assert "cannot run" in str(e); pytest.skip(f"{name}: no kernel form ({e})")
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+
 # ---- additive -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ADDITIVE)
 @SETTINGS

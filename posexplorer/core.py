@@ -40,6 +40,11 @@ def _check_dim(dim, name="dim"):
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral): raise TypeError(f"`{name}` must be an int, got {dim!r}")
     if dim <= 0 or dim % 2: raise ValueError(f"`{name}` must be positive and even (features rotate in pairs), got {dim}")
 
+def _check_int(value, name, lo=1):
+    "An integer (not a bool) >= lo: a count, a length, a seed"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral): raise TypeError(f"`{name}` must be an int, got {value!r}")
+    if value < lo: raise ValueError(f"`{name}` must be >= {lo}, got {value}")
+
 def _check_positive(value, name):
     "A real, finite, strictly positive number (a base, a factor, a length)"
     if isinstance(value, bool) or not isinstance(value, numbers.Real): raise TypeError(f"`{name}` must be a real number, got {value!r}")

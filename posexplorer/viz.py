@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import torch
 from torch import Tensor
-from .core import Encoding, RotaryEncoding, BiasEncoding, angles
+from .core import Encoding, RotaryEncoding, BiasEncoding, angles, _check_int
 from .attention import attention_logits, attention_probs
 
 # %% ../nbs/03_viz.ipynb #76285008
@@ -82,11 +82,6 @@ def _check_rotary_encoding(enc, name:str):
     if isinstance(enc, RotaryEncoding): return
     what = f"{_label(enc)}, a {enc.family} encoding" if isinstance(enc, Encoding) else type(enc).__name__
     raise ValueError(f"`{name}` must be a rotary encoding, got {what}")
-
-def _check_int(value, name:str, lo:int=1):
-    "Raise unless `value` is an int >= lo"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral): raise TypeError(f"`{name}` must be an int, got {value!r}")
-    if value < lo: raise ValueError(f"`{name}` must be >= {lo}, got {value}")
 
 # %% ../nbs/03_viz.ipynb #33021001
 def effective_inv_freq(enc:RotaryEncoding) -> Tensor: # (R,) float64, θ_i of every rotary pair
@@ -245,8 +240,8 @@ def _decay_bound(inv_freq:Tensor, # (R,) θ_j
 
 # %% ../nbs/03_viz.ipynb #f3479b2e
 def _add_bias_scores(fig, label, enc:BiasEncoding, T:int, color):
-    "bias(0, n) per head (thin) and head mean (thick), n = 0..T-1"
-    b = enc.bias(torch.zeros(1, dtype=torch.long), torch.arange(T))[:, 0].detach().double().cpu().numpy()  # (H, T)
+    "The bias of a key n tokens back, per head (thin) and averaged over heads (thick), n = 0..T-1"
+    b = enc.bias(torch.arange(T), torch.zeros(1, dtype=torch.long))[:, :, 0].detach().double().cpu().numpy()  # (H, T): k − q = −n
     for h, row in enumerate(b):
         fig.add_scatter(y=row, name=f"{label} head {h}", legendgroup=label, showlegend=False, line=dict(color=color, width=0.8),
                         opacity=0.5, hovertemplate=f"head {h}<br>n−m = %{{x}}<br>bias %{{y:.4g}}", row=1, col=1)

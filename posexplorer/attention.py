@@ -44,7 +44,8 @@ def _qk_positions(enc, Tq, Tk, q_positions, k_positions, device):
 
 # %% ../nbs/02_attention.ipynb #7511d374
 def _encode_qk(q, k, enc, qp, kp, backend):
-    "Apply a rotary or additive encoding to q and k: `(q, k)`"
+    "Apply a rotary or additive encoding (or a bias encoding's own rotation) to q and k: `(q, k)`"
+    if isinstance(enc, BiasEncoding) and enc.rotary is not None: enc = enc.rotary
     if isinstance(enc, RotaryEncoding): return enc.apply(q, k, qp, backend=backend, k_positions=kp)
     if isinstance(enc, AdditiveEncoding):
         B, Tq, H, D = q.shape

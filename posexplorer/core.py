@@ -189,6 +189,7 @@ class BiasEncoding(Encoding):
     "Adds `bias(q_positions, k_positions)`, `(H, Tq, Tk)`, to the attention logits"
     family = "bias"
     n_heads: int
+    rotary: RotaryEncoding|None = None  # a rotation of q and k that comes with the bias (RoPE + ALiBi readings)
     def bias(self, q_positions:Tensor, k_positions:Tensor) -> Tensor: raise NotImplementedError  # (H, Tq, Tk)
     def scale(self, q_positions:Tensor, k_positions:Tensor) -> Tensor|None: return None  # (H, Tq, Tk) multiplies the probabilities (URPE)
     # What attention kernels use instead of (Tq, Tk) tables, when the encoding has it:

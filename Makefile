@@ -57,6 +57,7 @@ lab: setup
 
 bench: setup
 	$(BIN)/posexplorer bench
+	$(BIN)/posexplorer bench --attention
 
 # README.md is generated from nbs/index.ipynb; its figure is a snapshot of the RoPE page's first figure.
 readme: site chromium

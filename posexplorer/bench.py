@@ -398,18 +398,33 @@ def add_args(p):
     "Options of `posexplorer bench`"
     p.add_argument("--quick", action="store_true", help="tiny shapes, short budgets (a smoke test)")
     p.add_argument("--full", action="store_true", help="the GPU shapes even on a CPU (slow)")
-    p.add_argument("--contenders", type=_listed({n: n for n in CONTENDERS}), help=f"comma-separated, from {','.join(CONTENDERS)}")
+    p.add_argument("--contenders", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
+                   help=f"comma-separated, from {','.join(CONTENDERS)} (with --attention: triton,sdpa,flex,reference)")
     p.add_argument("--dtypes", type=_listed(DTYPES), help=f"comma-separated, from {','.join(DTYPES)}")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     p.add_argument("--csv", metavar="PATH", help="also save the results as CSV")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--attention", action="store_true", help="the attention-with-bias benchmark instead (SDPA, FlexAttention)")
 
 # %% ../nbs/04_bench.ipynb #a166d1ff
 def command(args) -> int: # exit status
     "Run `posexplorer bench`: print the table, save JSON and CSV if asked"
+    try: return _attention_command(args) if args.attention else _rotary_command(args)
+    except ValueError as e: print(f"posexplorer bench: error: {e}"); return 2
+
+def _rotary_command(args) -> int:
     res = run(dtypes=args.dtypes, contenders=args.contenders, quick=args.quick, device=args.device, full=args.full, progress=not args.no_progress)
     print(table(res))
+    if args.json: open(args.json, "w").write(res.to_json())
+    if args.csv: _write_csv(res, args.csv)
+    return 0
+
+def _attention_command(args) -> int:
+    "`posexplorer bench --attention`: the benchmark of `06_bench_attention`"
+    from posexplorer import bench_attention as ba
+    res = ba.run(quick=args.quick, contenders=args.contenders, device=args.device, progress=not args.no_progress)
+    print(ba.table(res))
     if args.json: open(args.json, "w").write(res.to_json())
     if args.csv: _write_csv(res, args.csv)
     return 0

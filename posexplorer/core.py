@@ -169,9 +169,17 @@ def apply(self:RotaryEncoding, q:Tensor, # (B, Tq, Hq, D) queries
     "Rotate q and k by this encoding's angles with the shared kernel: `(q, k)`"
     from posexplorer.kernels import apply_rotary  # the kernel module imports this one
     if positions is None: positions = self.default_positions(q.shape[1], device=q.device)
+    _check_length("positions", positions, q, "q")
+    dt = torch.float64 if q.dtype == torch.float64 else torch.float32  # float64 activations get float64 angles
     kw = dict(layout=layout, backend=backend, inplace=inplace, scale=self.attention_scale)
-    if k is None or k_positions is None: return apply_rotary(q, k, self.angles(positions), **kw)  # one launch
-    return apply_rotary(q, None, self.angles(positions), **kw)[0], apply_rotary(k, None, self.angles(k_positions), **kw)[0]
+    if k is None or k_positions is None: return apply_rotary(q, k, self.angles(positions, dt), **kw)  # one launch
+    _check_length("k_positions", k_positions, k, "k")
+    return apply_rotary(q, None, self.angles(positions, dt), **kw)[0], apply_rotary(k, None, self.angles(k_positions, dt), **kw)[0]
+
+def _check_length(name, positions, x, xname):
+    "Positions must cover the T tokens of x (their last dim is T)"
+    if isinstance(positions, Tensor) and positions.ndim and positions.shape[-1] != x.shape[1]:
+        raise ValueError(f"`{name}` covers {positions.shape[-1]} tokens but `{xname}` has T={x.shape[1]}")
 
 # %% ../nbs/00_core.ipynb #8e901d2f
 class FrequencyRotary(RotaryEncoding):

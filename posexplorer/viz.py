@@ -226,11 +226,11 @@ def _qk_vectors(q, D:int, seed:int) -> tuple: # (N, D), (N, D) float32
 # %% ../nbs/03_viz.ipynb #bc21ab7b
 def _rotary_scores(enc:RotaryEncoding, qv:Tensor, kv:Tensor, # (N, D) query and key vectors
                    max_distance:int) -> np.ndarray: # (max_distance + 1,)
-    "Mean over draws of <R_0 q, R_r k> for r = 0..max_distance, rotated by `enc.apply`"
+    "Mean over draws of <R_r q, R_0 k> for r = 0..max_distance (the key r tokens back), rotated by `enc.apply`"
     T = max_distance + 1
-    q0 = enc.apply(qv[:, None, None], None, enc.default_positions(1))[0][:, 0, 0]  # (N, D)
-    kr = enc.apply(kv[:, None, None].expand(-1, T, 1, -1).contiguous(), None, enc.default_positions(T))[0][:, :, 0]  # (N, T, D)
-    return (q0[:, None].double() * kr.double()).sum(-1).mean(0).numpy()
+    qr, k0 = enc.apply(qv[:, None, None].expand(-1, T, 1, -1).contiguous(), kv[:, None, None],  # queries at 0..T-1, a key at 0
+                       enc.default_positions(T), k_positions=enc.default_positions(1))  # (N, T, 1, D), (N, 1, 1, D)
+    return (qr[:, :, 0].double() * k0[:, 0].double()).sum(-1).mean(0).numpy()
 
 def _decay_bound(inv_freq:Tensor, # (R,) θ_j
                  distances:Tensor) -> np.ndarray: # (N,) relative distances r
@@ -244,7 +244,7 @@ def _add_bias_scores(fig, label, enc:BiasEncoding, T:int, color):
     b = enc.bias(torch.arange(T), torch.zeros(1, dtype=torch.long))[:, :, 0].detach().double().cpu().numpy()  # (H, T): k − q = −n
     for h, row in enumerate(b):
         fig.add_scatter(y=row, name=f"{label} head {h}", legendgroup=label, showlegend=False, line=dict(color=color, width=0.8),
-                        opacity=0.5, hovertemplate=f"head {h}<br>n−m = %{{x}}<br>bias %{{y:.4g}}", row=1, col=1)
+                        opacity=0.5, hovertemplate=f"head {h}<br>r = %{{x}}<br>bias %{{y:.4g}}", row=1, col=1)
     fig.add_scatter(y=b.mean(0), name=label, legendgroup=label, line=dict(color=color, width=3), row=1, col=1)
 
 def _add_rotary_scores(fig, label, enc, color, q, max_distance, dim, seed, bound):
@@ -252,26 +252,26 @@ def _add_rotary_scores(fig, label, enc, color, q, max_distance, dim, seed, bound
     f = effective_inv_freq(enc); D = dim or 2 * len(f)
     if D < 2 * len(f): raise ValueError(f"`dim` ({D}) is smaller than the rotary dim {2 * len(f)} of {label}")
     fig.add_scatter(y=_rotary_scores(enc, *_qk_vectors(q, D, seed), max_distance), name=label, legendgroup=label, line_color=color,
-                    hovertemplate="n−m = %{x}<br>score %{y:.4g}", row=1, col=1)
+                    hovertemplate="r = %{x}<br>score %{y:.4g}", row=1, col=1)
     if bound: fig.add_scatter(y=_decay_bound(f, torch.arange(max_distance + 1)), name=f"{label} bound", legendgroup=label, showlegend=False,
-                              line=dict(color=color, dash="dot"), hovertemplate="n−m = %{x}<br>bound %{y:.4g}", row=2, col=1)
+                              line=dict(color=color, dash="dot"), hovertemplate="r = %{x}<br>bound %{y:.4g}", row=2, col=1)
 
 # %% ../nbs/03_viz.ipynb #195e02f6
 def score_vs_distance(encodings, # rotary and/or bias encodings: one, a list, or a dict label -> Encoding
-                      max_distance:int=256, # largest relative distance n − m drawn
+                      max_distance:int=256, # largest distance r = m − n drawn
                       q="ones", # "ones" (q = k = 1, RoFormer's figure), "random", a (D,) tensor, or a (q, k) pair
                       seed:int=0, # seed of the random draws
                       dim:int|None=None, # head dim D (>= the rotary dim; features past it pass through); default the rotary dim
                       bound:bool=False) -> go.Figure: # add RoFormer's relative upper bound in a second panel
-    "The score <R_m q, R_n k> (rotary) or bias b(m, n) (bias) against the distance n − m, query at m = 0"
+    "The score <R_m q, R_n k> (rotary) or bias b(m, n) (bias) against the distance r = m − n, the key r tokens back"
     encs = _encodings(encodings); _check_int(max_distance, "max_distance")
-    fig = _figure("Does the score between a query and a key decay as their distance n − m grows?", rows=2 if bound else 1,
+    fig = _figure("Does the score between a query and a key decay as they move apart?", rows=2 if bound else 1,
                   shared_xaxes=True, vertical_spacing=0.1, **({"subplot_titles": ("score", "relative upper bound (1/(d/2)) Σ_j |S_j|")} if bound else {}))
     for j, (label, enc) in enumerate(encs.items()):
         if isinstance(enc, BiasEncoding): _add_bias_scores(fig, label, enc, max_distance + 1, _color(j))
         elif isinstance(enc, RotaryEncoding): _add_rotary_scores(fig, label, enc, _color(j), q, max_distance, dim, seed, bound)
         else: raise ValueError(f"`encodings` must be rotary or bias encodings, got {label}, a {enc.family} encoding")
-    fig.update_yaxes(title_text="score ⟨R_m q, R_n k⟩ or bias b(m, n)", row=1, col=1).update_xaxes(title_text="distance n − m", row=2 if bound else 1, col=1)
+    fig.update_yaxes(title_text="score ⟨R_m q, R_n k⟩ or bias b(m, n)", row=1, col=1).update_xaxes(title_text="distance r = m − n (key r tokens before the query)", row=2 if bound else 1, col=1)
     fig.update_layout(height=680 if bound else 450)
     return fig.update_yaxes(title_text="bound", row=2, col=1) if bound else fig
 

@@ -7,6 +7,7 @@ from conftest import TOL
 from posexplorer.core import cards, get, names, rotate, FAMILIES
 from posexplorer.attention import attention_logits
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton parity tests run compiled on a GPU, interpreted elsewhere
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ROTARY, BIAS, ADDITIVE = names("rotary"), names("bias"), names("additive")
 dims = st.integers(1, 16).map(lambda r: 2 * r)  # even rotary dims 2..32
@@ -65,7 +66,7 @@ def test_rotary_float32_matches_float64_angles(name, dim, T, shift):
 @given(dim=dims, T=st.integers(1, 70), layout=st.sampled_from(["half", "interleaved"]))
 def test_rotary_torch_triton_parity(name, dim, T, layout):
     enc = get(name, dim=dim)
-    q, k = torch.randn(2, T, 3, dim + 4), torch.randn(2, T, 1, dim + 4)
+    q, k = torch.randn(2, T, 3, dim + 4, device=DEV), torch.randn(2, T, 1, dim + 4, device=DEV)
     t, r = enc.apply(q, k, layout=layout, backend="triton"), enc.apply(q, k, layout=layout, backend="torch")
     torch.testing.assert_close(t[0], r[0], **TOL[torch.float32]); torch.testing.assert_close(t[1], r[1], **TOL[torch.float32])
 
@@ -104,7 +105,7 @@ def test_bias_attention_kernel_parity(name, causal):
     "Every bias encoding the Triton attention can run gives the reference's output (Triton's interpreter on a CPU)"
     from posexplorer.attention import attend
     enc = get(name, n_heads=3)
-    q, k, v = torch.randn(1, 29, 3, 64), torch.randn(1, 29, 3, 64), torch.randn(1, 29, 3, 64)
+    q, k, v = (torch.randn(1, 29, 3, 64, device=DEV) for _ in range(3))
     ref = attend(q, k, v, enc, causal=causal, backend="torch")
     try: out = attend(q, k, v, enc, causal=causal, backend="triton")
     except ValueError as e:

@@ -29,7 +29,7 @@ def test_every_rotary_encoding_draws(name):
 def test_every_bias_encoding_draws(name):
     enc = get(name)
     fig = score_vs_distance(enc, max_distance=16)
-    assert len(fig.data) == enc.n_heads + 1 and attention_map(enc, T=7, dim=8).data[0].z.shape == (7, 7)
+    assert len(fig.data) == enc.n_heads + 1 and attention_map(enc, T=7, dim=64).data[0].z.shape == (7, 7)
 
 CASES = [  # (id, call, exception, the argument its message must name)
     ("bias to wavelength_plot", lambda: wavelength_plot(bias), ValueError, "encodings"),

@@ -1,0 +1,168 @@
+"""xPos (`posexplorer.xpos`): against lucidrains' rotary-embedding-torch (in its centring convention), an independent
+float64 closed form, the shared kernel's backends and dtypes, gradients, and bad input."""
+import math
+import pytest
+import torch
+from conftest import TOL
+from posexplorer.core import angles, get, inv_freq, rotate
+from posexplorer.xpos import XPos, xpos_zeta
+from posexplorer.attention import attend, attention_logits
+
+BACKENDS = ["torch", "triton"]
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # Triton runs on CUDA tensors, or interpreted on CPU tensors (conftest)
+
+@pytest.fixture(autouse=True)
+def _seed(): torch.manual_seed(0)
+
+def _centre(enc, c, layout="interleaved"):
+    "ζ_i^(−c/B) per feature: lucidrains' queries are ours times this, its keys ours divided by it"
+    s = enc.scales(torch.tensor([-c]))[0]
+    return s.repeat_interleave(2) if layout == "interleaved" else torch.cat([s, s])
+
+# ---- lucidrains' rotary-embedding-torch ----------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T,D,B", [(33, 32, 64.0), (8, 16, 512.0), (101, 64, 16.0)])
+def test_matches_lucidrains_full_sequence(backend, T, D, B):
+    "rotate_queries_and_keys: interleaved pairs, (B, H, T, D) tensors, scale centred at ⌊T/2⌋"
+    RotaryEmbedding = pytest.importorskip("rotary_embedding_torch").RotaryEmbedding
+    q, k = torch.randn(2, 3, T, D), torch.randn(2, 3, T, D)
+    lq, lk = RotaryEmbedding(D, use_xpos=True, xpos_scale_base=B).rotate_queries_and_keys(q, k)
+    enc = get("xpos", dim=D, scale_base=B)
+    oq, ok = (t.cpu() for t in enc.apply(q.transpose(1, 2).to(DEV), k.transpose(1, 2).to(DEV), layout="interleaved", backend=backend))
+    c = _centre(enc, T // 2)
+    def close(a, b): torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-6 * b.abs().max().item())  # both in float32; theirs rounds angles and ζ^p in float32
+    close(oq.transpose(1, 2) * c, lq); close(ok.transpose(1, 2) / c, lk)
+    theirs = lq @ lk.transpose(-1, -2)
+    torch.testing.assert_close(torch.einsum("bqhd,bkhd->bhqk", oq, ok), theirs, rtol=1e-4, atol=1e-5 * theirs.abs().max().item())  # centring cancels
+
+def test_lucidrains_cached_keys_centres_q_and_k_differently():
+    """rotate_queries_with_cached_keys centres the queries' scale on Tq//2 and the keys' on Tk//2: exactly ours times those
+    constants, so its logits differ from the full sequence's by ζ_i^((Tk//2 − Tq//2)/B) per pair; ours equal them."""
+    RotaryEmbedding = pytest.importorskip("rotary_embedding_torch").RotaryEmbedding
+    Tk, Tq, D, B = 20, 3, 16, 8.0
+    q, k = torch.randn(1, 2, Tk, D), torch.randn(1, 2, Tk, D)
+    cq, ck = RotaryEmbedding(D, use_xpos=True, xpos_scale_base=B).rotate_queries_with_cached_keys(q[:, :, -Tq:], k)
+    enc = get("xpos", dim=D, scale_base=B)
+    oq, ok = enc.apply(q[:, :, -Tq:].transpose(1, 2), k.transpose(1, 2), torch.arange(Tk - Tq, Tk), layout="interleaved", k_positions=torch.arange(Tk))
+    torch.testing.assert_close(oq.transpose(1, 2) * _centre(enc, Tq // 2), cq, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ok.transpose(1, 2) / _centre(enc, Tk // 2), ck, rtol=1e-5, atol=1e-5)
+    fq, fk = enc.apply(q.transpose(1, 2), k.transpose(1, 2), layout="interleaved")
+    full = torch.einsum("bqhd,bkhd->bhqk", fq, fk)[:, :, -Tq:]
+    torch.testing.assert_close(torch.einsum("bqhd,bkhd->bhqk", oq, ok), full, rtol=1e-5, atol=1e-4)  # ours: a cache changes nothing
+    assert not torch.allclose(cq @ ck.transpose(-1, -2), full, rtol=1e-2, atol=1e-2)  # theirs: it does
+
+# ---- an independent closed form -------------------------------------------------------------------------
+@pytest.mark.parametrize("D,B,gamma,base", [(8, 4.0, 0.4, 10000.0), (32, 512.0, 0.4, 10000.0), (20, 64.0, 1.0, 500.0)])
+def test_closed_form_float64(D, B, gamma, base):
+    "Pair i = (x_i, x_{i+R}) as x_i + i·x_{i+R}, times e^{i n θ_i} ζ_i^{n/B} (queries) or e^{i m θ_i} ζ_i^{−m/B} (keys)"
+    R, T = D // 2, 13
+    pos = torch.arange(T) * 3 + 5
+    q = torch.randn(1, T, 1, D, dtype=torch.float64)
+    theta = torch.tensor([base ** (-2 * i / D) for i in range(R)], dtype=torch.float64)
+    zeta = torch.tensor([(i / R + gamma) / (1 + gamma) for i in range(R)], dtype=torch.float64)
+    enc = get("xpos", dim=D, scale_base=B, gamma=gamma, base=base)
+    for sign, out in ((1, enc.apply(q, None, pos)[0]), (-1, enc.apply(q, q, pos)[1])):
+        zc = torch.complex(q[0, :, 0, :R], q[0, :, 0, R:]) * torch.exp(1j * pos[:, None] * theta) * zeta ** (sign * pos[:, None] / B)
+        ref = torch.cat([zc.real, zc.imag], -1)
+        torch.testing.assert_close(out[0, :, 0], ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())  # float32 angles (up to p·2⁻²⁴ rad)
+
+def test_zeta_values():
+    z = xpos_zeta(8)
+    torch.testing.assert_close(z, torch.tensor([0.4, 0.65, 0.9, 1.15], dtype=torch.float64) / 1.4)
+    assert xpos_zeta(8, gamma=1.0)[0] == 0.5
+
+# ---- kernel, dtypes, batches, gradients -----------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_backends_and_dtypes(dtype, layout):
+    "Triton (interpreted on a CPU) and torch agree, and low precision stays within its tolerance of float32"
+    enc = get("xpos", dim=16, scale_base=32.0)
+    q, k = torch.randn(2, 37, 3, 20, device=DEV), torch.randn(2, 37, 1, 20, device=DEV)  # 4 pass-through features
+    q0, k0 = q.to(dtype), k.to(dtype)
+    ref = enc.apply(q0.float(), k0.float(), layout=layout, backend="torch")
+    for backend in BACKENDS:
+        out = enc.apply(q0, k0, layout=layout, backend=backend)
+        assert out[0].dtype == dtype and torch.equal(q0, q.to(dtype))  # inputs untouched
+        for o, r in zip(out, ref): torch.testing.assert_close(o.float(), r, **{k_: 2 * v for k_, v in TOL[dtype].items()})
+        assert torch.equal(out[0][..., 16:], q0[..., 16:])  # pass-through features unscaled
+
+def test_per_batch_positions_and_cache():
+    "(B, T) positions, and keys at other positions than the queries (decoding against a cache)"
+    enc = get("xpos", dim=8, scale_base=16.0)
+    q, k = torch.randn(1, 4, 2, 8).expand(2, -1, -1, -1), torch.randn(1, 9, 2, 8).expand(2, -1, -1, -1)  # the same tokens in both rows
+    qp, kp = torch.stack([torch.arange(5, 9), torch.arange(105, 109)]), torch.stack([torch.arange(9), torch.arange(100, 109)])
+    oq, ok = enc.apply(q, k, qp, k_positions=kp)
+    for b in range(2):
+        rq = rotate(q[b:b + 1], enc.angles(qp[b])) * torch.cat([enc.scales(qp[b])] * 2, -1)[None, :, None]
+        rk = rotate(k[b:b + 1], enc.angles(kp[b])) * torch.cat([enc.scales(-kp[b])] * 2, -1)[None, :, None]
+        torch.testing.assert_close(oq[b:b + 1], rq, **TOL[torch.float32]); torch.testing.assert_close(ok[b:b + 1], rk, **TOL[torch.float32])
+    torch.testing.assert_close(torch.einsum("bqhd,bkhd->bhqk", oq, ok)[0], torch.einsum("bqhd,bkhd->bhqk", oq, ok)[1], atol=1e-3, rtol=1e-3)  # same offsets
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients(backend):
+    "Gradients through the kernel's closed-form backward and the scale equal autograd through the plain torch formula"
+    enc = get("xpos", dim=16, scale_base=8.0)
+    q, k = torch.randn(1, 21, 2, 18, device=DEV, requires_grad=True), torch.randn(1, 21, 1, 18, device=DEV, requires_grad=True)
+    gq, gk = torch.randn(1, 21, 2, 18, device=DEV), torch.randn(1, 21, 1, 18, device=DEV)
+    oq, ok = enc.apply(q, k, backend=backend)
+    dq, dk = torch.autograd.grad((oq * gq).sum() + (ok * gk).sum(), (q, k))
+    p = torch.arange(21, device=DEV)
+    def ref(x, sign):
+        s = torch.cat([enc.scales(sign * p)] * 2 + [torch.ones(21, 2, device=DEV)], -1)[None, :, None]
+        c, sn = enc.angles(p).cos()[None, :, None], enc.angles(p).sin()[None, :, None]
+        x1, x2 = x[..., :8], x[..., 8:16]
+        return torch.cat([x1 * c - x2 * sn, x2 * c + x1 * sn, x[..., 16:]], -1) * s
+    rq, rk = torch.autograd.grad((ref(q, 1) * gq).sum() + (ref(k, -1) * gk).sum(), (q, k))
+    torch.testing.assert_close(dq, rq, **TOL[torch.float32]); torch.testing.assert_close(dk, rk, **TOL[torch.float32])
+
+def test_inplace_and_relative_through_attention():
+    enc = get("xpos", dim=32)
+    q, k = torch.randn(1, 15, 2, 32), torch.randn(1, 15, 2, 32)
+    ref = enc.apply(q, k)
+    q2, k2 = q.clone(), k.clone()
+    out = enc.apply(q2, k2, inplace=True)
+    assert out[0] is q2 and out[1] is k2 and torch.equal(q2, ref[0]) and torch.equal(k2, ref[1])
+    p = torch.arange(15)
+    torch.testing.assert_close(attention_logits(q, k, enc, q_positions=p, k_positions=p),
+                               attention_logits(q, k, enc, q_positions=p + 3000, k_positions=p + 3000), atol=2e-3, rtol=1e-3)
+
+@pytest.mark.parametrize("Tq,Tk", [(37, 37), (5, 70), (1, 33)])  # prefill, chunked prefill, decoding
+def test_attend_triton_matches_torch(Tq, Tk):
+    "The shared Triton attention kernel (after xPos is applied to q and k) against the torch reference"
+    enc = get("xpos", dim=48, scale_base=64.0)
+    q, k, v = torch.randn(1, Tq, 4, 64, device=DEV), torch.randn(1, Tk, 2, 64, device=DEV), torch.randn(1, Tk, 2, 64, device=DEV)
+    torch.testing.assert_close(attend(q, k, v, enc, backend="triton"), attend(q, k, v, enc, backend="torch"), atol=1e-5, rtol=1e-5)
+
+def test_rope_limit():
+    "As scale_base grows xPos becomes RoPE"
+    x = torch.randn(1, 9, 2, 16)
+    for a, b in zip(get("xpos", dim=16, scale_base=1e12).apply(x, x), get("rope", dim=16).apply(x, x)): torch.testing.assert_close(a, b)
+
+# ---- bad input ------------------------------------------------------------------------------------------
+x = torch.randn(1, 7, 2, 8)
+CASES = [  # (id, call, exception, the argument its message must name)
+    ("odd dim", lambda: get("xpos", dim=7), ValueError, "dim"),
+    ("zero base", lambda: get("xpos", base=0.0), ValueError, "base"),
+    ("zero scale_base", lambda: get("xpos", scale_base=0.0), ValueError, "scale_base"),
+    ("nan scale_base", lambda: get("xpos", scale_base=float("nan")), ValueError, "scale_base"),
+    ("string scale_base", lambda: get("xpos", scale_base="512"), TypeError, "scale_base"),
+    ("zero gamma", lambda: get("xpos", gamma=0.0), ValueError, "gamma"),
+    ("negative gamma", lambda: get("xpos", gamma=-0.4), ValueError, "gamma"),
+    ("zeta of odd dim", lambda: xpos_zeta(5), ValueError, "dim"),
+    ("positions of another length", lambda: get("xpos", dim=8).apply(x, x, torch.arange(5)), ValueError, "positions"),
+    ("k_positions of another length", lambda: get("xpos", dim=8).apply(x, torch.randn(1, 9, 2, 8), torch.arange(7), k_positions=torch.arange(5)), ValueError, "k_positions"),
+    ("keys of another length, no k_positions", lambda: get("xpos", dim=8).apply(x, torch.randn(1, 9, 2, 8)), ValueError, "positions"),
+    ("scalar positions", lambda: get("xpos", dim=8).apply(x, x, torch.tensor(3)), ValueError, "positions"),
+    ("nan positions", lambda: get("xpos", dim=8).apply(x, x, torch.tensor([0.0, 1, 2, 3, 4, 5, float("nan")])), ValueError, "positions"),
+    ("3-D q", lambda: get("xpos", dim=8).apply(torch.randn(7, 2, 8), None), ValueError, "q"),
+    ("q not a tensor", lambda: get("xpos", dim=8).apply(x.tolist(), None), TypeError, "q"),
+    ("integer q", lambda: get("xpos", dim=8).apply(x.long(), None), TypeError, "q"),
+    ("rotary dim wider than q", lambda: get("xpos", dim=16).apply(x, x), ValueError, "angles"),
+    ("unknown layout", lambda: get("xpos", dim=8).apply(x, x, layout="neox"), ValueError, "layout"),
+    ("unknown backend", lambda: get("xpos", dim=8).apply(x, x, backend="cuda"), ValueError, "backend"),
+]
+
+@pytest.mark.parametrize("call,exc,arg", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_names_the_argument(call, exc, arg):
+    with pytest.raises(exc) as info: call()
+    assert arg in str(info.value), f"message does not name `{arg}`: {info.value}"

@@ -10,14 +10,25 @@ __all__ = ['RoPE']
 # %% ../nbs/10_rope.ipynb #5ac84c43
 from dataclasses import dataclass
 import torch
-from .core import FrequencyRotary, inv_freq, register
+from .core import FrequencyRotary, inv_freq, register, _check_dim
 
 # %% ../nbs/10_rope.ipynb #2420ef2b
 @register("rope", title="RoFormer: Enhanced Transformer with Rotary Position Embedding", year=2021,
           arxiv="2104.09864", notebook="10_rope.ipynb", relative=True)
 @dataclass
 class RoPE(FrequencyRotary):
-    "RoPE: pair i of the token at position m turns by `m * base**(-2i/dim)`"
-    dim: int = 128  # rotary dim d: features that rotate (head_dim * partial_rotary_factor)
+    "RoPE: pair i of the token at position m turns by `m * base**(-2i/d)`, d the rotary dim"
+    dim: int = 128  # head dim; the first int(dim * partial_rotary_factor) features rotate
     base: float = 10000.0  # θ, Hugging Face's `rope_theta`
-    def __post_init__(self): self.inv_freq = inv_freq(self.dim, self.base)  # (dim/2,) validates dim and base
+    partial_rotary_factor: float = 1.0  # share of the head dim that rotates (GPT-NeoX, Phi); the rest passes through
+    def __post_init__(self): self.inv_freq = self.frequencies(inv_freq(_rotary_dim(self.dim, self.partial_rotary_factor), self.base))
+    def frequencies(self, inv_freq:torch.Tensor) -> torch.Tensor: return inv_freq  # (d/2,) the hook scaled variants override
+
+def _rotary_dim(dim, partial_rotary_factor) -> int:
+    "Features that rotate, `int(dim * partial_rotary_factor)` as in Hugging Face; must be even and > 0"
+    _check_dim(dim)
+    if not isinstance(partial_rotary_factor, (int, float)) or not 0 < partial_rotary_factor <= 1:
+        raise ValueError(f"`partial_rotary_factor` must be in (0, 1], got {partial_rotary_factor!r}")
+    d = int(dim * partial_rotary_factor)
+    if d <= 0 or d % 2: raise ValueError(f"`partial_rotary_factor` {partial_rotary_factor} rotates {d} of {dim} features; that must be even and > 0")
+    return d

@@ -47,6 +47,8 @@ CASES = [  # (id, call, exception, the argument its message must name)
     ("odd rope dim", lambda: get("rope", dim=7), ValueError, "dim"),
     ("non-positive rope base", lambda: get("rope", base=-1.0), ValueError, "base"),
     ("unknown parameter", lambda: get("rope", theta=5.0), TypeError, "theta"),
+    ("partial rotary of an odd width", lambda: get("rope", dim=10, partial_rotary_factor=0.5), ValueError, "partial_rotary_factor"),
+    ("partial rotary factor above 1", lambda: get("rope", partial_rotary_factor=1.5), ValueError, "partial_rotary_factor"),
     ("unknown family", lambda: names("rotory"), ValueError, "family"),
     ("heads not a multiple", lambda: attend(torch.ones(1, 5, 3, 8), torch.ones(1, 5, 2, 8), torch.ones(1, 5, 2, 8)), ValueError, "heads"),
     ("v of another shape", lambda: attend(x, x, torch.ones(1, 4, 2, 8)), ValueError, "v"),

@@ -43,7 +43,7 @@ def test_gpt_neox_partial_rotary(backend):
     q, k = torch.randn(B, H, T, D), torch.randn(B, H, T, D)
     cos, sin = rot(q, torch.arange(T)[None])
     hq, hk = neox.apply_rotary_pos_emb(q, k, cos, sin)  # (B, H, T, D)
-    oq, ok = apply_rotary(q.transpose(1, 2), k.transpose(1, 2), get("rope", dim=8).angles(torch.arange(T)), backend=backend)
+    oq, ok = apply_rotary(q.transpose(1, 2), k.transpose(1, 2), get("rope", dim=D, partial_rotary_factor=0.25).angles(torch.arange(T)), backend=backend)
     torch.testing.assert_close(oq.transpose(1, 2), hq, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ok.transpose(1, 2), hk, atol=1e-5, rtol=1e-5)
 

@@ -84,6 +84,19 @@ def _triton(c:Case):
     if not _triton_ok(c): raise Unavailable("needs CUDA and triton")
     return lambda q, k: apply_rotary_positions(q, k, c.positions, c.inv_freq, backend="triton")
 
+def _three_axes(c:Case) -> tuple: # ((3, T) positions, (R,) axis map)
+    "M-RoPE-style t/h/w positions that all equal the 1D ones, with Qwen2-VL's 1:1.5:1.5 sections"
+    R = c.shape.pairs
+    t = R // 4; h = (R - t) // 2
+    axis = torch.tensor([0] * t + [1] * h + [2] * (R - t - h), device=c.device)
+    return c.positions.expand(3, -1), axis
+
+def _triton_3axis(c:Case):
+    "The kernel reading three position rows through a section map: same output as 1D, so its cost is the overhead"
+    if not _triton_ok(c): raise Unavailable("needs CUDA and triton")
+    pos, axis = _three_axes(c)
+    return lambda q, k: apply_rotary_positions(q, k, pos, c.inv_freq, axis, backend="triton")
+
 def _compiled(c:Case):
     "`torch.compile` of the torch contender, compiled afresh for each case"
     if not _is_gpu(c) and not (shutil.which("g++") or shutil.which("c++")): raise Unavailable("torch.compile on a CPU needs a C++ compiler")
@@ -148,7 +161,8 @@ def _flash_attn(c:Case):
 
 # %% ../nbs/04_bench.ipynb #10c33518
 CONTENDERS = {  # name -> (label, builder); `torch` is the reference every other contender is checked against
-    "triton": ("posexplorer triton", _triton), "torch": ("posexplorer torch", _torch),
+    "triton": ("posexplorer triton", _triton), "triton_3axis": ("posexplorer triton, 3 axes", _triton_3axis),
+    "torch": ("posexplorer torch", _torch),
     "compiled": ("torch.compile(torch)", _compiled), "liger": ("Liger-Kernel", _liger),
     "flash_attn": ("flash-attn", _flash_attn), "hf": ("HF transformers", _hf),
 }
@@ -302,7 +316,7 @@ def run(shapes:list|None=None, # `Shape`s; default: the preset's
     "Check, then time, each contender on each case: forward and forward+backward"
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     preset = "quick" if quick else "gpu" if full or device.type == "cuda" else "cpu"
-    names = contenders or [n for n in CONTENDERS if n != "triton" or device.type == "cuda"]
+    names = contenders or [n for n in CONTENDERS if not n.startswith("triton") or device.type == "cuda"]
     if unknown := set(names) - set(CONTENDERS): raise ValueError(f"unknown `contenders` {sorted(unknown)}; known: {list(CONTENDERS)}")
     cases, rows, skipped, rounds = _cases(shapes, dtypes, preset), [], [], 3
     with tqdm(total=len(cases) * (len(names) + rounds), desc="bench", disable=not progress, leave=False) as bar:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The GPU check, for a session that is lent a device machine (CI never has one). One command does it all:
+#
+#   here, once:   echo /.whl/ >> .git/info/exclude
+#                 python3 -m pip download --no-deps --only-binary=:all: -d .whl fastcore   # pure Python; the device image lacks it
+#   then:         device run: command="bash tools/gpu_check.sh", carry=[".whl"], timeout_s=480
+#
+# It runs the CUDA tests (the kernel suites and the registry-wide parity tests run on the GPU there), then the rotary
+# and the attention benchmarks, and writes everything under $OUT (or gpu-results/ elsewhere). Quote the card's name
+# (nvidia-smi.txt) with every number taken from it.
+set -uo pipefail
+OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
+timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py tests/test_attention_kernel.py tests/test_conformance.py 2>&1 | tail -30 | tee "$OUT/cuda-tests.txt"
+bench() { timeout "$1" python3 -c "import sys; from posexplorer.cli import main; sys.exit(main(sys.argv[1:]))" bench --no-progress "${@:2}"; }
+bench 150 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+bench 120 --attention --json "$OUT/bench-attention.json" 2>&1 | tee "$OUT/bench-attention.txt"

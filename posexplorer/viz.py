@@ -47,12 +47,14 @@ def _add_slider(fig:go.Figure, steps:list, # [(label, [trace indices shown by th
 # %% ../nbs/03_viz.ipynb #034ba4fb
 def _fmt(v) -> str: return f"{v:g}" if isinstance(v, float) else str(v)
 
+_QUIET = {"partial_rotary_factor": 1.0}  # fields left out of labels at these (unmarked) values
+
 def _label(enc:Encoding) -> str:
     "`name(field=value, ...)` from the encoding's dataclass fields; the class name when it is not registered"
     name = enc.name or type(enc).__name__
     if not dataclasses.is_dataclass(enc): return name
     kv = [f"{f.name}={_fmt(getattr(enc, f.name))}" for f in dataclasses.fields(enc)
-          if f.repr and not isinstance(getattr(enc, f.name, None), Tensor)]
+          if f.repr and not isinstance(getattr(enc, f.name, None), Tensor) and _QUIET.get(f.name, object()) != getattr(enc, f.name)]
     return f"{name}({', '.join(kv)})"
 
 def _unique(label:str, taken) -> str:

@@ -1,0 +1,153 @@
+"""YaRN (`posexplorer.yarn`): parity with Hugging Face's `_compute_yarn_parameters` over plain, Qwen2.5-style,
+DeepSeek-style, gpt-oss-style (truncate False) and partial-rotary configs; the paper's temperature at s = 2, 4, 8, 16;
+the ramp's regions for LLaMA 2; the temperature on the logits; the kernel; bad input."""
+import logging, math
+import pytest
+import torch
+from conftest import TOL
+from posexplorer.core import get, inv_freq
+from posexplorer.attention import attention_logits
+from posexplorer.yarn import YaRN, correction_dim, correction_range, yarn_mscale, yarn_ramp
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+@pytest.fixture(autouse=True)
+def _quiet_transformers():
+    "Hugging Face logs warnings about config consistency; they are not what these tests check"
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+def _hf(dim, params, partial=None):
+    "Hugging Face's (inv_freq, attention_scaling) for rope_type 'yarn' with these rope_parameters"
+    tf = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    L = int((params.get("factor") or 1) * params["original_max_position_embeddings"])
+    rp = dict(rope_type="yarn", **params, **({"partial_rotary_factor": partial} if partial else {}))
+    cfg = tf.LlamaConfig(hidden_size=2 * dim, num_attention_heads=2, head_dim=dim, max_position_embeddings=L, rope_parameters=rp)
+    return ROPE_INIT_FUNCTIONS["yarn"](cfg, None)
+
+def _ours(dim, params, partial=None):
+    kw = dict(params); base = kw.pop("rope_theta")
+    return get("yarn", dim=dim, base=base, **kw, **({"partial_rotary_factor": partial} if partial else {}))
+
+# ---- Hugging Face parity --------------------------------------------------------------------------------
+PLAIN = [(dict(rope_theta=10000.0, factor=s, original_max_position_embeddings=4096), 128) for s in (2.0, 4.0, 8.0, 16.0)]
+QWEN = [(dict(rope_theta=1e6, factor=s, original_max_position_embeddings=32768), 128) for s in (2.0, 4.0, 8.0, 16.0)]
+DEEPSEEK = [  # qk_rope_head_dim 64, factor 40, L₀ 4096; V2: 0.707/0.707, V3: 1.0/1.0; a mixed pair; one key alone (ignored)
+    (dict(rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1, mscale=0.707, mscale_all_dim=0.707), 64),
+    (dict(rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1, mscale=1.0, mscale_all_dim=1.0), 64),
+    (dict(rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4096, mscale=1.0, mscale_all_dim=0.707), 64),
+    (dict(rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4096, mscale=0.707), 64),
+]
+OTHER = [
+    (dict(rope_theta=150000.0, factor=32.0, original_max_position_embeddings=4096, beta_fast=32.0, beta_slow=1.0, truncate=False), 64),  # gpt-oss
+    (dict(rope_theta=10000.0, factor=16.0, original_max_position_embeddings=4096, truncate=False), 128),
+    (dict(rope_theta=10000.0, factor=8.0, original_max_position_embeddings=2048, beta_fast=64.0, beta_slow=2.0), 96),
+    (dict(rope_theta=500000.0, factor=4.0, original_max_position_embeddings=8192, attention_factor=1.25), 128),
+    (dict(rope_theta=10000.0, factor=4.0, original_max_position_embeddings=16, beta_fast=8.0, beta_slow=0.5), 16),  # ramp clipped at dim - 1
+    (dict(rope_theta=10000.0, factor=1.0, original_max_position_embeddings=4096), 32),
+]
+
+@pytest.mark.parametrize("params,dim", PLAIN + QWEN + DEEPSEEK + OTHER)
+def test_matches_hugging_face(params, dim):
+    hf, hf_scale = _hf(dim, params)
+    ours = _ours(dim, params)
+    assert ours.inv_freq.dtype == torch.float32 and ours.inv_freq.shape == hf.shape
+    torch.testing.assert_close(ours.inv_freq, hf, rtol=1e-6, atol=0)  # ours: float64 rounded once; theirs: float32 throughout
+    assert math.isclose(ours.attention_scale, hf_scale, rel_tol=1e-12)
+
+@pytest.mark.parametrize("partial", [0.5, 0.25])
+def test_partial_rotary_matches_hugging_face(partial):
+    params = dict(rope_theta=10000.0, factor=8.0, original_max_position_embeddings=4096)
+    hf, hf_scale = _hf(128, params, partial)
+    ours = _ours(128, params, partial)
+    assert ours.rotary_dim == int(128 * partial)
+    torch.testing.assert_close(ours.inv_freq, hf, rtol=1e-6, atol=0)
+
+def test_rotary_embedding_forward_matches_hugging_face():
+    "cos and sin of LlamaRotaryEmbedding (attention_scaling included) against ours past the original length"
+    tf = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    rp = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=512)
+    cfg = tf.LlamaConfig(hidden_size=128, num_attention_heads=2, max_position_embeddings=2048, rope_parameters=rp)
+    pos = torch.arange(0, 2048, 7)[None]
+    cos, sin = LlamaRotaryEmbedding(cfg)(torch.zeros(1), pos)  # (1, T, 64)
+    ours = get("yarn", dim=64, factor=4.0, original_max_position_embeddings=512)
+    a = ours.angles(pos[0])  # (T, 32)
+    torch.testing.assert_close(cos[0], torch.cat([a.cos(), a.cos()], -1) * ours.attention_scale, rtol=1e-4, atol=2e-4)  # float32 angles up to 2048 rad
+    torch.testing.assert_close(sin[0], torch.cat([a.sin(), a.sin()], -1) * ours.attention_scale, rtol=1e-4, atol=2e-4)
+
+# ---- the paper's numbers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("s,expected", [(2, 1.0693), (4, 1.1386), (8, 1.2079), (16, 1.2773)])
+def test_temperature_matches_the_paper(s, expected):
+    "√(1/t) = 0.1 ln s + 1 (YaRN, for LLaMA): the rotary scale, to 4 decimals"
+    value = 0.1 * math.log(s) + 1
+    assert round(value, 4) == expected
+    assert math.isclose(get("yarn", factor=float(s)).attention_scale, value, rel_tol=1e-15)
+    assert math.isclose(yarn_mscale(s), value, rel_tol=1e-15)
+
+def test_temperature_multiplies_the_logits_by_one_over_t():
+    q, k = torch.randn(2, 2, 31, 3, 32)
+    scaled = attention_logits(q, k, get("yarn", dim=32, factor=8.0), backend="torch")
+    plain = attention_logits(q, k, get("yarn", dim=32, factor=8.0, attention_factor=1.0), backend="torch")
+    torch.testing.assert_close(scaled, plain * yarn_mscale(8.0) ** 2, rtol=1e-5, atol=1e-5)
+
+def test_llama2_regions():
+    "d = 128, θ = 10000, L₀ = 4096, β = 32/1: pairs 0–20 kept, 21–45 blended, 46–63 divided by s"
+    assert correction_range(32, 1, 128, 10000.0, 4096) == (20, 46)
+    g = get("yarn", dim=128, factor=16.0).gamma
+    assert g[:21].eq(1).all() and g[46:].eq(0).all() and ((g[21:46] > 0) & (g[21:46] < 1)).all()
+    f = inv_freq(128, dtype=torch.float64)
+    torch.testing.assert_close(get("yarn", dim=128, factor=16.0).inv_freq.double(), (1 - g) * f / 16 + g * f, rtol=1e-7, atol=0)
+
+def test_correction_dim_inverts_the_wavelength():
+    for r in (0.5, 1.0, 32.0, 100.0):
+        i = correction_dim(r, 64, 500000.0, 8192)
+        assert math.isclose(8192 / (2 * math.pi * 500000.0 ** (2 * i / 64)), r, rel_tol=1e-12)
+
+def test_untruncated_ramp_is_linear_in_log_turns():
+    f = inv_freq(128, dtype=torch.float64)
+    r = 4096 * f / (2 * math.pi)
+    ramp = yarn_ramp(*correction_range(32, 1, 128, 10000.0, 4096, truncate=False), 64)
+    torch.testing.assert_close(1 - ramp, (r.log() / math.log(32)).clamp(0, 1), rtol=0, atol=1e-12)
+    assert yarn_ramp(3, 3, 6).tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # zero-width ramp: the code's +0.001 guard
+
+# ---- kernel ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_triton_matches_torch_with_scale(layout):
+    enc = get("yarn", dim=32, factor=8.0, original_max_position_embeddings=32)
+    q, k = torch.randn(2, 53, 3, 36, device=DEV), torch.randn(2, 53, 1, 36, device=DEV)
+    t, r = enc.apply(q, k, layout=layout, backend="triton"), enc.apply(q, k, layout=layout, backend="torch")
+    torch.testing.assert_close(t[0], r[0], **TOL[torch.float32]); torch.testing.assert_close(t[1], r[1], **TOL[torch.float32])
+    torch.testing.assert_close(r[0][..., 32:], q[..., 32:])  # pass-through features are not scaled
+    torch.testing.assert_close(r[0][..., :32].norm(dim=-1), q[..., :32].norm(dim=-1) * enc.attention_scale, rtol=1e-5, atol=1e-5)
+
+# ---- bad input ------------------------------------------------------------------------------------------
+BAD = [
+    (dict(factor=0.5), ValueError, "factor"),
+    (dict(factor=0.0), ValueError, "factor"),
+    (dict(factor="4"), TypeError, "factor"),
+    (dict(original_max_position_embeddings=0), ValueError, "original_max_position_embeddings"),
+    (dict(original_max_position_embeddings=4096.0), TypeError, "original_max_position_embeddings"),
+    (dict(beta_fast=1.0, beta_slow=1.0), ValueError, "beta_fast"),
+    (dict(beta_fast=0.5), ValueError, "beta_fast"),
+    (dict(beta_slow=0.0), ValueError, "beta_slow"),
+    (dict(beta_fast=None), TypeError, "beta_fast"),
+    (dict(mscale=-0.7), ValueError, "mscale"),
+    (dict(mscale=float("inf")), ValueError, "mscale"),
+    (dict(mscale_all_dim=float("nan")), ValueError, "mscale_all_dim"),
+    (dict(attention_factor=0.0), ValueError, "attention_factor"),
+    (dict(truncate="no"), TypeError, "truncate"),
+    (dict(dim=7), ValueError, "dim"),
+    (dict(dim=64, partial_rotary_factor=1.5), ValueError, "partial_rotary_factor"),
+]
+
+@pytest.mark.parametrize("kw,exc,word", BAD)
+def test_bad_input(kw, exc, word):
+    with pytest.raises(exc, match=f"`{word}`"): get("yarn", **kw)
+
+def test_defaults():
+    enc = YaRN()
+    assert (enc.dim, enc.factor, enc.original_max_position_embeddings, enc.beta_fast, enc.beta_slow, enc.truncate) == (128, 4.0, 4096, 32.0, 1.0, True)
+    assert enc.mscale is None and enc.mscale_all_dim is None and enc.attention_factor is None
+    assert get("yarn").card.properties == {"relative": True}
+    assert get("yarn", factor=8.0, mscale=0, mscale_all_dim=0).attention_scale == yarn_mscale(8.0)  # 0 means unset, as in Hugging Face

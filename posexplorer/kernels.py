@@ -184,10 +184,10 @@ def _torch_rotary(q, k, src, layout, inplace, scale):
     "The torch path: `core.rotate`'s arithmetic, cos and sin computed once for q and k and scaled like the kernel"
     cos, sin = _cos_sin(src.table())
     if scale != 1.0: cos, sin = cos * scale, sin * scale
-    rot = _rotate_cs if cos.requires_grad else _RotateCS.apply  # learned angles: plain autograd through the math
     def one(x):
         if x is None: return None
-        y = rot(x, cos, sin, layout)
+        closed_form = torch.is_grad_enabled() and x.requires_grad and not cos.requires_grad  # learned angles: autograd through the math
+        y = (_RotateCS.apply if closed_form else _rotate_cs)(x, cos, sin, layout)
         return x.copy_(y) if inplace else y
     return one(q), one(k)
 

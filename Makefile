@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 PORT ?= 8000
+APP_PORT ?= 5006
 
 .PHONY: setup serve test site docs lab bench readme check chromium clean
 .DEFAULT_GOAL := test
@@ -43,8 +44,10 @@ test: setup chromium check site
 	TRITON_INTERPRET=1 $(BIN)/nbdev-test --n-workers 2
 	TRITON_INTERPRET=1 $(BIN)/pytest -n 2 -q tests
 
+# The docs on $(PORT) and the explorer app on $(APP_PORT); Ctrl-C stops both.
 serve: setup site
-	@echo "posexplorer docs on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
+	@echo "posexplorer docs on http://127.0.0.1:$(PORT), app on http://127.0.0.1:$(APP_PORT)/app (Ctrl-C to stop)"
+	$(BIN)/posexplorer serve --port $(APP_PORT) & APP=$$!; trap "kill $$APP" EXIT INT TERM; \
 	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory _docs
 
 docs: setup

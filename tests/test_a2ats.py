@@ -1,0 +1,88 @@
+"""A2ATS windowed RoPE (`posexplorer.a2ats`): exactness at distance r and inside the window, independence of the key's
+position outside it, the seeded k-means and query-aware codebook, and bad input."""
+import math
+import pytest
+import torch
+from posexplorer.core import get
+from posexplorer.rope import RoPE
+from posexplorer.a2ats import WRoPE, kmeans, query_aware_kmeans, score_error, synthetic_queries, vq_scores, score_scatter
+
+def _qk(Tq, Tk, D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(Tq, D, generator=g, dtype=torch.float64), torch.randn(Tk, D, generator=g, dtype=torch.float64)
+
+@pytest.mark.parametrize("dim,window,r", [(8, 4, 4), (32, 16, 40), (64, 64, 64), (30, 1, 0), (128, 7, 300)])
+def test_exact_at_distance_r_with_unquantized_keys(dim, window, r):
+    enc = get("wrope", dim=dim, window=window, r=r)
+    q, k = _qk(5, 701, dim)
+    qp, kp = torch.tensor([700, 650, 400, 333, 699]), torch.arange(701)
+    ap, ex = enc.approx_scores(q, k, qp, kp), enc.exact_scores(q, k, qp, kp)
+    delta = qp[:, None] - kp[None]
+    torch.testing.assert_close(ap[delta == r], ex[delta == r], atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(ap[delta.abs() < window], ex[delta.abs() < window], atol=0, rtol=0)
+
+def test_far_scores_do_not_depend_on_key_position():
+    enc = get("wrope", dim=32, window=8, r=8)
+    q, k = _qk(1, 50, 32)
+    a = enc.approx_scores(q, k, torch.tensor([1000]), torch.arange(50))  # all 950+ tokens back
+    b = enc.approx_scores(q, k, torch.tensor([1000]), torch.randint(0, 900, (50,)))
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+def test_exact_scores_are_ropes():
+    "Outside reference: the RoPE score written with complex numbers (RoFormer §3.2), Re Σ q_i conj(k_i) e^{i(m−n)θ_i}"
+    enc = get("wrope", dim=16)
+    q, k = _qk(1, 1, 16)
+    m, n = 37, 5
+    theta = 10000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    qc, kc = torch.complex(q[0, :8], q[0, 8:]), torch.complex(k[0, :8], k[0, 8:])  # half layout: pair i = (i, i + 8)
+    ref = (qc * kc.conj() * torch.exp(1j * (m - n) * theta)).real.sum()
+    torch.testing.assert_close(enc.exact_scores(q, k, torch.tensor([m]), torch.tensor([n]))[0, 0], ref)
+
+def test_registered_as_rope_subclass():
+    enc = get("wrope", dim=32, window=16, r=20)
+    assert isinstance(enc, WRoPE) and isinstance(enc, RoPE) and enc.family == "rotary" and enc.card.arxiv == "2502.12665"
+    assert torch.equal(enc.angles(torch.arange(7)), get("rope", dim=32).angles(torch.arange(7)))
+
+def test_kmeans_seeded_and_decreasing():
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    c1, z1 = kmeans(x, 16, seed=3)
+    c2, z2 = kmeans(x, 16, seed=3)
+    assert torch.equal(c1, c2) and torch.equal(z1, z2) and z1.max() < 16
+    c0, z0 = kmeans(x, 16, iters=0, seed=3)
+    assert ((x - c1[z1]) ** 2).sum() < ((x - c0[z0]) ** 2).sum()
+    exact = kmeans(x[:16], 16)  # as many codes as points: zero error
+    assert torch.allclose(exact[0][exact[1]], x[:16])
+
+def test_query_aware_beats_plain_on_score_error():
+    keys = torch.randn(1024, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    q = synthetic_queries(400, 32)
+    e_plain = score_error(q[200:], keys, *kmeans(keys, 32))
+    e_aware = score_error(q[200:], keys, *query_aware_kmeans(keys, q[:200], 32))
+    assert e_aware < 0.85 * e_plain
+
+def test_vq_scores_window_exact_far_lookup():
+    enc = get("wrope", dim=16, window=8, r=8)
+    q, k = _qk(1, 100, 16)
+    c, codes = kmeans(k, 10)
+    qp, kp = torch.tensor([99]), torch.arange(100)
+    v = vq_scores(enc, q, k, qp, kp, c, codes)
+    torch.testing.assert_close(v[0, -8:], enc.exact_scores(q, k, qp, kp)[0, -8:])
+    torch.testing.assert_close(v[0, :-8], enc.approx_scores(q, c[codes], qp, kp)[0, :-8])
+
+def test_figure():
+    f = score_scatter(dim=16, T=100, window=8, r=8)
+    assert len(f.data) == 2 and f.layout.title.text.endswith("?")
+
+@pytest.mark.parametrize("kw,exc", [(dict(window=0), ValueError), (dict(r=-1), ValueError), (dict(window=2.5), TypeError), (dict(dim=7), ValueError)])
+def test_bad_construction(kw, exc):
+    with pytest.raises(exc): get("wrope", **{"dim": 16, **kw})
+
+def test_bad_input():
+    enc = get("wrope", dim=16)
+    q, k = _qk(2, 5, 16)
+    with pytest.raises(ValueError, match="q_positions"): enc.approx_scores(q, k, torch.arange(3), torch.arange(5))
+    with pytest.raises(ValueError, match="same D"): enc.exact_scores(q, k[:, :8], torch.arange(2), torch.arange(5))
+    with pytest.raises(TypeError, match="`q`"): enc.exact_scores(q.tolist(), k, torch.arange(2), torch.arange(5))
+    with pytest.raises(ValueError, match="n_codes"): kmeans(k, 10)
+    with pytest.raises(ValueError, match="n_codes"): kmeans(k, 0)
+    with pytest.raises(TypeError, match="k_positions"): enc.approx_scores(q, k, torch.arange(2), list(range(5)))

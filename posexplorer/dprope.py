@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from .core import angles, inv_freq as rope_inv_freq, register, _check_int, _check_positive
 from .rope import RoPE
-from .viz import _angle_hist, _angle_histograms, _kl
+from .viz import _angle_hist, _kl, kl_disturbance
 
 # %% ../nbs/25_dprope.ipynb #10a3c66c
 CHUNK = 1 << 16  # positions per chunk in pair_histograms: memory stays O(CHUNK · R) for any length
@@ -77,5 +77,4 @@ def distribution_disturbance(encoding, # a rotary encoding run at the extended l
                              bins:int=360, # b, equal bins over [0, 2π)
                              eps:float|None=None) -> Tensor: # (R,) float64, nats; `eps`: smoothing, default the code's 2⁻¹⁴/L'
     "Per pair, KL(P_L ‖ P_L') of the angle histograms: DPRoPE's disturbance as its code and Table 3 compute it (mean over pairs = 𝒟)"
-    train, ext = _angle_histograms(encoding, context, extended, reference, bins)
-    return _kl(train, ext, COUNT_EPS / extended if eps is None else eps)
+    return kl_disturbance(encoding, context, extended, reference, bins, COUNT_EPS / extended if eps is None else eps, direction="train||extended")

@@ -180,10 +180,12 @@ def kl_disturbance(encoding:RotaryEncoding, # the encoding run at the extended l
                    extended:int, # extended length L' >= L: positions [0, L') of `encoding`
                    reference:RotaryEncoding|None=None, # the encoding the model was trained with; default `encoding`
                    bins:int=64, # histogram bins over [0, 2π)
-                   eps:float=KL_EPS) -> Tensor: # (R,) float64, nats
-    "Per pair i, KL(extended ‖ train) between the histograms of the angles m·θ_i mod 2π: the disturbance DPRoPE minimizes"
+                   eps:float=KL_EPS, # smoothing probability added to every bin
+                   direction:str="extended||train") -> Tensor: # or "train||extended" (DPRoPE's code and Table 3); (R,) float64, nats
+    "Per pair i, the KL divergence between the histograms of the angles m·θ_i mod 2π in training and at the extended length"
+    if direction not in ("extended||train", "train||extended"): raise ValueError(f"`direction` must be 'extended||train' or 'train||extended', got {direction!r}")
     train, ext = _angle_histograms(encoding, context, extended, reference, bins)
-    return _kl(ext, train, eps)
+    return _kl(ext, train, eps) if direction == "extended||train" else _kl(train, ext, eps)
 
 # %% ../nbs/03_viz.ipynb #7b4f4806
 def _add_pair_hist(fig, train, ext, i, bins):

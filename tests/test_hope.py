@@ -8,7 +8,7 @@ import torch
 from conftest import TOL
 from posexplorer.core import get, inv_freq
 from posexplorer.hope import HoPE, HOPE_STRIDES
-from test_videorope import code_rotate, code_channel_rows, code_positions, SEQS
+from test_videorope import code_rotate, code_channel_rows, code_positions, SEQS, assert_rotates_like
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -71,12 +71,7 @@ def test_rotation_matches_code(dim, section, backend):
     q, k = torch.randn(1, T, 3, dim, dtype=torch.float64), torch.randn(1, T, 1, dim, dtype=torch.float64)
     f = inv_freq(dim).double()  # the code's float32 θ_i, before it zeroes any channel
     ref_q, ref_k = code_rotate(q, pos, f, section, hybrid=True), code_rotate(k, pos, f, section, hybrid=True)
-    if backend == "torch":
-        oq, ok = enc.apply(q, k, pos, backend="torch")
-        torch.testing.assert_close(oq, ref_q, **TOL[torch.float64]); torch.testing.assert_close(ok, ref_k, **TOL[torch.float64])
-    else:
-        oq, ok = enc.apply(q.float().to(DEV), k.float().to(DEV), pos.float().to(DEV), backend="triton")
-        torch.testing.assert_close(oq.cpu().double(), ref_q, atol=2e-4, rtol=1e-4); torch.testing.assert_close(ok.cpu().double(), ref_k, atol=2e-4, rtol=1e-4)
+    assert_rotates_like(enc, q, k, pos, ref_q, ref_k, backend)
 
 def test_nope_pairs_zero_is_videorope():
     h, v = get("hope", dim=64, nope_pairs=0), get("videorope", dim=64, temporal_pairs=0)

@@ -61,6 +61,10 @@ def test_rotation_matches_code(dim, section, backend):
     pos = torch.randn(3, T, dtype=torch.float64) * 50
     q, k = torch.randn(2, T, 3, dim, dtype=torch.float64), torch.randn(2, T, 1, dim, dtype=torch.float64)
     ref_q, ref_k = code_rotate(q, pos, inv_freq(dim).double(), section), code_rotate(k, pos, inv_freq(dim).double(), section)  # float32 θ_i, as both codes store them
+    assert_rotates_like(enc, q, k, pos, ref_q, ref_k, backend)
+
+def assert_rotates_like(enc, q, k, pos, ref_q, ref_k, backend):
+    "The encoding's rotation of float64 q, k equals the code's: in float64 on the torch path, float32 on the kernel"
     if backend == "torch":
         oq, ok = enc.apply(q, k, pos, backend="torch")
         torch.testing.assert_close(oq, ref_q, **TOL[torch.float64]); torch.testing.assert_close(ok, ref_k, **TOL[torch.float64])

@@ -80,3 +80,12 @@ def test_inputs_untouched():
     enc = get("rope", dim=16); before = enc.inv_freq.clone()
     wavelength_plot(enc); kl_disturbance(enc, 8, 16); deviation_plot(enc, length=64)
     assert torch.equal(enc.inv_freq, before)
+
+def test_kl_disturbance_direction():
+    "Both KL directions share the histograms; a bad direction names the argument"
+    from posexplorer.viz import kl_disturbance
+    rope, pi = get("rope", dim=16), get("linear", dim=16, factor=2.0)
+    a = kl_disturbance(pi, 256, 512, reference=rope, bins=32)
+    b = kl_disturbance(pi, 256, 512, reference=rope, bins=32, direction="train||extended")
+    assert a.shape == b.shape == (8,) and (a >= 0).all() and (b >= 0).all() and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="`direction`"): kl_disturbance(pi, 256, 512, direction="both")

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import Encoding, RotaryEncoding, BiasEncoding, AdditiveEncoding, _check_tensor, _check_nonempty
+from .core import Encoding, RotaryEncoding, BiasEncoding, AdditiveEncoding, GeneralEncoding, _check_tensor, _check_nonempty
 from .kernels import triton, tl, _backend
 
 # %% ../nbs/02_attention.ipynb #91f27812
@@ -35,7 +35,7 @@ def _repeat_kv(x, n_heads):
 def _positions(enc, T, given, device, offset=0):
     "Given positions, or the encoding's default `offset + (0..T-1)`"
     if given is not None: return given
-    p = enc.default_positions(T, device=device) if isinstance(enc, RotaryEncoding) else torch.arange(T, device=device)
+    p = enc.default_positions(T, device=device) if isinstance(enc, Encoding) else torch.arange(T, device=device)
     return p + offset
 
 def _qk_positions(enc, Tq, Tk, q_positions, k_positions, device):
@@ -43,10 +43,13 @@ def _qk_positions(enc, Tq, Tk, q_positions, k_positions, device):
     return _positions(enc, Tq, q_positions, device, max(Tk - Tq, 0)), _positions(enc, Tk, k_positions, device)
 
 # %% ../nbs/02_attention.ipynb #7511d374
-def _encode_qk(q, k, enc, qp, kp, backend):
-    "Apply a rotary or additive encoding (or a bias encoding's own rotation) to q and k: `(q, k)`"
+def _encode_qk(q, k, enc, qp, kp, backend, x=None):
+    "Apply a rotary, general or additive encoding (or a bias encoding's own rotation) to q and k: `(q, k)`"
     if isinstance(enc, BiasEncoding) and enc.rotary is not None: enc = enc.rotary
     if isinstance(enc, RotaryEncoding): return enc.apply(q, k, qp, backend=backend, k_positions=kp)
+    if isinstance(enc, GeneralEncoding):
+        if enc.context_dim is not None and x is None: raise ValueError(f"{enc.name!r} reads the tokens: pass their hidden states `x`, (B, T, {enc.context_dim})")
+        return enc.transform(q, k, qp, k_positions=kp, x=x, backend=backend)
     if isinstance(enc, AdditiveEncoding):
         B, Tq, H, D = q.shape
         pq, pk = enc.embed(qp).to(q.dtype), enc.embed(kp).to(k.dtype)  # (T, H*D)
@@ -64,12 +67,13 @@ def attention_logits(q:Tensor, # (B, Tq, Hq, D)
                      encoding:Encoding|None=None, # any registered encoding, or None (NoPE)
                      q_positions:Tensor|None=None, # default: the last Tq of the key positions
                      k_positions:Tensor|None=None, # default: 0..Tk-1
-                     causal:bool=True, backend:str="auto") -> Tensor: # (B, Hq, Tq, Tk) float32
+                     causal:bool=True, backend:str="auto",
+                     x:Tensor|None=None) -> Tensor: # (B, Hq, Tq, Tk) float32; `x` (B, T, C) hidden states for encodings that read them (CARoPE)
     "Scaled attention logits with the encoding applied; masked entries are -inf"
     if encoding is not None and not isinstance(encoding, Encoding): raise TypeError(f"`encoding` must be an Encoding or None, got {type(encoding).__name__}")
     B, Tq, H, D = _check_qk(q, k)
     qp, kp = _qk_positions(encoding, Tq, k.shape[1], q_positions, k_positions, q.device)
-    q, k = _encode_qk(q, k, encoding, qp, kp, backend)
+    q, k = _encode_qk(q, k, encoding, qp, kp, backend, x)
     logits = torch.einsum("bqhd,bkhd->bhqk", q.float(), _repeat_kv(k, H).float()) / math.sqrt(D)
     if isinstance(encoding, BiasEncoding): logits = logits + encoding.bias(qp, kp).to(logits)[None]
     if causal: logits = logits.masked_fill(~_causal_mask(Tq, k.shape[1], q.device), float("-inf"))
@@ -80,13 +84,18 @@ def attention_probs(q:Tensor, k:Tensor, encoding:Encoding|None=None, **kwargs) -
     "Softmax of `attention_logits` over keys, in float32"
     return attention_logits(q, k, encoding, **kwargs).softmax(-1)
 
-def _reference(q, k, v, encoding, causal, backend, positions):
+def _reference(q, k, v, encoding, causal, backend, positions, x=None):
     "The torch reference: probabilities (times a bias encoding's `scale`, as in URPE) applied to v"
-    p = attention_probs(q, k, encoding, q_positions=positions, k_positions=positions, causal=causal, backend=backend)
+    p = attention_probs(q, k, encoding, q_positions=positions, k_positions=positions, causal=causal, backend=backend, x=x)
+    qp, kp = _qk_positions(encoding, q.shape[1], k.shape[1], positions, positions, q.device)
     if isinstance(encoding, BiasEncoding):
-        c = encoding.scale(*_qk_positions(encoding, q.shape[1], k.shape[1], positions, positions, q.device))
+        c = encoding.scale(qp, kp)
         if c is not None: p = p * c.to(p)[None]  # (B, H, Tq, Tk)
-    return torch.einsum("bhqk,bkhd->bqhd", p, _repeat_kv(v, q.shape[2]).float()).to(q.dtype)
+    general = isinstance(encoding, GeneralEncoding) and encoding.transforms_v
+    if general: v = encoding.transform_v(v, kp)  # UCPE: values move into the keys' frames...
+    o = torch.einsum("bhqk,bkhd->bqhd", p, _repeat_kv(v, q.shape[2]).float())
+    if general: o = encoding.transform_out(o, qp)  # ...and the output back out of the query's frame
+    return o.to(q.dtype)
 
 # %% ../nbs/02_attention.ipynb #78ca51cc
 @triton.jit
@@ -178,7 +187,8 @@ def attend(q:Tensor, # (B, Tq, Hq, D) queries
            v:Tensor, # (B, Tk, Hk, D) values
            encoding:Encoding|None=None, # any registered encoding, or None
            causal:bool=True, backend:str="auto",
-           positions:Tensor|None=None) -> Tensor: # (B, Tq, Hq, D) in q's dtype
+           positions:Tensor|None=None, # default: the encoding's `default_positions`, queries taking the last Tq
+           x:Tensor|None=None) -> Tensor: # (B, Tq, Hq, D) in q's dtype; `x` (B, T, C) hidden states for encodings that read them
     "Attention over any encoding; `positions` (both q and k) default to 0..Tk-1, queries taking the last Tq"
     _check_qk(q, k, v)
     if encoding is not None and not isinstance(encoding, Encoding): raise TypeError(f"`encoding` must be an Encoding or None, got {type(encoding).__name__}")
@@ -188,7 +198,10 @@ def attend(q:Tensor, # (B, Tq, Hq, D) queries
         except ValueError as e: why = str(e)
     if why is not None:
         if backend == "triton": raise ValueError(f"`backend`='triton' cannot run this attention: {why}")
-        return _reference(q, k, v, encoding, causal, backend, positions)
+        return _reference(q, k, v, encoding, causal, backend, positions, x)
     qp, kp = _qk_positions(encoding, q.shape[1], k.shape[1], positions, positions, q.device)
-    q, k = _encode_qk(q, k, encoding, qp, kp, backend)
-    return _attention_triton(q, k, v, mode, causal)
+    q, k = _encode_qk(q, k, encoding, qp, kp, backend, x)
+    general = isinstance(encoding, GeneralEncoding) and encoding.transforms_v
+    if general: v = encoding.transform_v(v, kp).contiguous()
+    o = _attention_triton(q.contiguous(), k.contiguous(), v, mode, causal)
+    return encoding.transform_out(o, qp).to(o.dtype) if general else o

@@ -6,7 +6,8 @@ Docs: https://posexplorer.github.io/posexplorer/core.html.md"""
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'FAMILIES', 'GROUPS', 'inv_freq', 'angles', 'rotate', 'Encoding', 'RotaryEncoding', 'FrequencyRotary',
-           'BiasEncoding', 'AdditiveEncoding', 'Card', 'register', 'names', 'get', 'CardTable', 'cards']
+           'BiasEncoding', 'AdditiveEncoding', 'GeneralEncoding', 'Card', 'register', 'names', 'get', 'CardTable',
+           'cards']
 
 # %% ../nbs/00_core.ipynb #3faf7318
 import difflib, importlib, math, numbers
@@ -143,21 +144,21 @@ class Encoding:
     "Base of every positional encoding: a registered `name`, a `family` and a paper `card`"
     family: str = ""
     name: str = ""
+    n_axes: int = 1  # position axes the encoding reads (3 for t/h/w, 2 for longitude/latitude)
     @property
     def card(self): return _REGISTRY[self.name][1]
+    def default_positions(self, T:int, device=None) -> Tensor:
+        "Positions 0..T-1: `(T,)`, or `(A, T)` repeated over the axes; coordinate encodings give T sample points"
+        p = torch.arange(T, device=device)
+        return p if self.n_axes == 1 else p.expand(self.n_axes, T)
 
 # %% ../nbs/00_core.ipynb #c40aacc9
 class RotaryEncoding(Encoding):
     "Rotates q and k by `angles(positions)`; subclasses implement `.angles`"
     family = "rotary"
-    n_axes: int = 1  # position axes the encoding reads (3 for t/h/w)
     def angles(self, positions:Tensor, dtype=torch.float32) -> Tensor: raise NotImplementedError  # (T, R) or (B, T, R)
     @property
     def attention_scale(self) -> float: return 1.0  # multiplies cos and sin, as in Hugging Face (YaRN's mscale)
-    def default_positions(self, T:int, device=None) -> Tensor:
-        "Positions 0..T-1: `(T,)`, or `(A, T)` repeated over the axes"
-        p = torch.arange(T, device=device)
-        return p if self.n_axes == 1 else p.expand(self.n_axes, T)
 
 # %% ../nbs/00_core.ipynb #df8c567b
 @patch
@@ -206,13 +207,29 @@ class BiasEncoding(Encoding):
     def relative_scale(self, offsets:Tensor) -> Tensor|None: return None  # (H, N) the same for `scale`
 
 class AdditiveEncoding(Encoding):
-    "Adds `embed(positions)`, `(T, dim)`, to the token embeddings"
+    "Adds `embed(positions)`, `(T, dim)`, to the token embeddings; positions `(T,)` or coordinates `(A, T)`"
     family = "additive"
     dim: int
     def embed(self, positions:Tensor) -> Tensor: raise NotImplementedError
 
+# %% ../nbs/00_core.ipynb #5045aa48
+class GeneralEncoding(Encoding):
+    "Transforms q and k (and v, and the output) per token by position-dependent linear maps that are not angle tables"
+    family = "general"
+    context_dim: int|None = None  # hidden size of the tokens `x` the map reads, or None
+    dim_multiple: int = 2  # the head dim must be a multiple of this
+    transforms_v: bool = False  # True when `transform_v` and `transform_out` are not the identity
+    def transform(self, q:Tensor, # (B, Tq, Hq, D) queries
+                  k:Tensor|None, # (B, Tk, Hk, D) keys, or None
+                  positions:Tensor|None=None, # the queries' positions (and the keys' too); default `default_positions(Tq)`
+                  *, k_positions:Tensor|None=None, # the keys' positions when they differ
+                  x:Tensor|None=None, # (B, T, context_dim) the tokens' hidden states, when `context_dim` is set
+                  backend:str="auto") -> tuple: raise NotImplementedError  # (q, k)
+    def transform_v(self, v:Tensor, positions:Tensor) -> Tensor: return v  # (B, Tk, Hk, D) values, moved like the keys
+    def transform_out(self, o:Tensor, positions:Tensor) -> Tensor: return o  # (B, Tq, Hq, D) output, moved back like the queries
+
 # %% ../nbs/00_core.ipynb #f8d62e8c
-FAMILIES = ("rotary", "bias", "additive", "none")
+FAMILIES = ("rotary", "bias", "additive", "general", "none")
 GROUPS = {"0": "foundation", "1": "classics", "2": "context length", "3": "space and time", "4": "learned and general",
           "5": "coordinates", "6": "inference and numerics", "7": "lab", "9": "app"}
 

@@ -5,11 +5,11 @@ import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 from conftest import TOL
 from posexplorer.core import cards, get, names, rotate, FAMILIES
-from posexplorer.attention import attention_logits
+from posexplorer.attention import attention_logits, attend
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton parity tests run compiled on a GPU, interpreted elsewhere
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-ROTARY, BIAS, ADDITIVE = names("rotary"), names("bias"), names("additive")
+ROTARY, BIAS, ADDITIVE, GENERAL = names("rotary"), names("bias"), names("additive"), names("general")
 dims = st.integers(1, 16).map(lambda r: 2 * r)  # even rotary dims 2..32
 lengths = st.integers(1, 40)
 
@@ -118,11 +118,74 @@ def test_bias_attention_kernel_parity(name, causal):
 @given(dim=dims, T=lengths, shift=st.integers(0, 1000))
 def test_additive_shape_and_translation(name, dim, T, shift):
     enc = get(name, dim=dim)
-    e = enc.embed(torch.arange(T))
+    p = enc.default_positions(T)  # (T,) token positions, or (A, T) coordinates
+    assert p.shape[-1] == T and (p.ndim == 1 or p.shape[0] == enc.n_axes)
+    with torch.no_grad(): e = enc.embed(p)
     assert e.shape == (T, dim) and torch.isfinite(e).all()
     if _claims(name).get("translation_invariant"):
-        e1 = enc.embed(torch.arange(T) + shift)
+        with torch.no_grad(): e1 = enc.embed(p + shift)
         torch.testing.assert_close(e1 @ e1.T, e @ e.T, atol=1e-3, rtol=1e-3)
+
+# ---- general (per-token linear maps: ComRoPE, LieRE, CARoPE, UCPE) -----------------------------------------
+def _general(name, r, T, B=1, H=2, dtype=torch.float32):
+    "An encoding of head dim `r` times its block size, with q, k, v and (where it reads them) hidden states x"
+    enc = get(name, dim=r * get(name).dim_multiple)
+    D = r * enc.dim_multiple
+    q, k, v = (torch.randn(B, T, H, D, dtype=dtype) for _ in range(3))
+    x = None if enc.context_dim is None else torch.randn(B, T, enc.context_dim, dtype=dtype)
+    return enc, q, k, v, x
+
+@pytest.mark.parametrize("name", GENERAL)
+@SETTINGS
+@given(r=st.integers(1, 4), T=lengths, B=st.integers(1, 2))
+def test_general_shape_dtype_and_norm(name, r, T, B):
+    enc, q, k, v, x = _general(name, r, T, B)
+    with torch.no_grad():
+        q1, k1 = enc.transform(q, k, enc.default_positions(T), x=x, backend="torch")
+        assert q1.shape == q.shape and k1.shape == k.shape and q1.dtype == q.dtype and torch.isfinite(q1).all()
+        if _claims(name).get("orthogonal"):  # a rotation keeps the norm of every head vector
+            torch.testing.assert_close(q1.norm(dim=-1), q.norm(dim=-1), **TOL[torch.float32])
+            torch.testing.assert_close(k1.norm(dim=-1), k.norm(dim=-1), **TOL[torch.float32])
+        q64, k64 = enc.transform(q.double(), k.double(), enc.default_positions(T), x=None if x is None else x.double(), backend="torch")
+        assert q64.dtype == torch.float64
+        torch.testing.assert_close(q64.float(), q1, atol=1e-4, rtol=1e-4)
+
+@pytest.mark.parametrize("name", [n for n in GENERAL if _claims(n).get("relative")])
+@SETTINGS
+@given(r=st.integers(1, 4), T=st.integers(2, 30), shift=st.integers(-50, 500))
+def test_general_relative_where_claimed(name, r, T, shift):
+    "Logits depend only on the offset: shifting every position (on every axis) by one constant changes nothing"
+    enc, q, k, v, x = _general(name, r, T)
+    p = enc.default_positions(T)
+    with torch.no_grad():
+        l0 = attention_logits(q, k, enc, q_positions=p, k_positions=p, backend="torch", x=x)
+        l1 = attention_logits(q, k, enc, q_positions=p + shift, k_positions=p + shift, backend="torch", x=x)
+    torch.testing.assert_close(l1, l0, atol=2e-3, rtol=1e-3)
+
+@pytest.mark.parametrize("name", GENERAL)
+@settings(max_examples=3, deadline=None)
+@given(r=st.integers(1, 3), T=st.integers(1, 40))
+def test_general_torch_triton_parity(name, r, T):
+    "Every general encoding's kernel gives its torch reference's q and k (Triton's interpreter on a CPU)"
+    enc, q, k, v, x = _general(name, r, T, B=2)
+    p = enc.default_positions(T)
+    with torch.no_grad():
+        ref = enc.transform(q, k, p, x=x, backend="torch")
+        out = enc.transform(q, k, p, x=x, backend="triton")
+    torch.testing.assert_close(out[0], ref[0], **TOL[torch.float32]); torch.testing.assert_close(out[1], ref[1], **TOL[torch.float32])
+
+@pytest.mark.parametrize("name", GENERAL)
+def test_general_attention_and_gradients(name):
+    "attend runs any general encoding (v and the output moved where the encoding says), and learned weights get gradients"
+    enc, q, k, v, x = _general(name, 2, 9)
+    ref = attend(q, k, v, enc, backend="torch", x=x)
+    assert ref.shape == q.shape and torch.isfinite(ref).all()
+    if x is None:  # the Triton attention on the transformed q, k, v (interpreted on a CPU)
+        with torch.no_grad(): torch.testing.assert_close(attend(q, k, v, enc, backend="triton", x=x), ref, **TOL[torch.float32])
+    params = [p for p in getattr(enc, "parameters", lambda: [])() if p.requires_grad]
+    if params:
+        ref.square().sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
 
 # ---- the registry itself --------------------------------------------------------------------------------
 def test_cards_complete():

@@ -58,9 +58,11 @@ docs: setup
 lab: setup
 	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs
 
-bench: setup
+bench: setup chromium
 	$(BIN)/posexplorer bench
 	$(BIN)/posexplorer bench --attention
+	$(PY) -c "from posexplorer.app import bench_updates; bench_updates()"
+	$(PY) tools/bench_app.py
 
 # README.md is generated from nbs/index.ipynb; its figure is a snapshot of the RoPE page's first figure.
 readme: site chromium

@@ -188,13 +188,17 @@ def kl_disturbance(encoding:RotaryEncoding, # the encoding run at the extended l
     return _kl(ext, train, eps) if direction == "extended||train" else _kl(train, ext, eps)
 
 # %% ../nbs/03_viz.ipynb #7b4f4806
-def _add_pair_hist(fig, train, ext, i, bins):
-    "Train and extended histograms of pair i in row 1; returns the two trace indices"
+def _pair_hist_slider(fig, train, ext, bins, active):
+    "Two histogram traces in row 1 (train, extended) and a slider whose steps swap in pair i's data"
     x = (np.arange(bins) + 0.5) * (2 * math.pi / bins)
+    def hover(i): return f"pair {i}<br>angle %{{x:.3f}} rad<br>share %{{y:.4f}}"
     for name, h, c in (("train [0, L)", train, 0), ("extended [0, L′)", ext, 1)):
-        fig.add_bar(x=x, y=h[i].numpy(), name=name, legendgroup=name, marker_color=_color(c), opacity=0.6,
-                    width=2 * math.pi / bins, hovertemplate=f"pair {i}<br>angle %{{x:.3f}} rad<br>share %{{y:.4f}}", row=1, col=1)
-    return [len(fig.data) - 2, len(fig.data) - 1]
+        fig.add_bar(x=x, y=h[active].numpy(), name=name, marker_color=_color(c), opacity=0.6, width=2 * math.pi / bins,
+                    hovertemplate=hover(active), row=1, col=1)
+    idx = [len(fig.data) - 2, len(fig.data) - 1]
+    steps = [dict(method="restyle", label=str(i), args=[{"y": [train[i].tolist(), ext[i].tolist()], "hovertemplate": [hover(i)] * 2}, idx])
+             for i in range(len(train))]
+    if len(steps) > 1: fig.update_layout(sliders=[dict(active=active, currentvalue=dict(prefix="pair i = "), pad=dict(t=50), steps=steps)])
 
 # %% ../nbs/03_viz.ipynb #c8d282b3
 def angle_distribution(encoding:RotaryEncoding, # the encoding run at the extended length
@@ -208,8 +212,7 @@ def angle_distribution(encoding:RotaryEncoding, # the encoding run at the extend
     fig = _figure(f"Which pairs meet rotation angles at L′ = {extended} that they never saw within L = {context}?", rows=2,
                   subplot_titles=("angle m·θ_i mod 2π, pair i", "KL(extended ‖ train) per pair"), vertical_spacing=0.18)
     fig.add_bar(x=np.arange(len(kl)), y=kl, name="KL disturbance", marker_color=_color(4), hovertemplate="pair %{x}<br>KL = %{y:.4g} nats", row=2, col=1)
-    steps = [(str(i), _add_pair_hist(fig, train, ext, i, bins)) for i in range(len(kl))]
-    _add_slider(fig, steps, "pair i = ", active=int(kl.argmax()))
+    _pair_hist_slider(fig, train, ext, bins, active=int(kl.argmax()))
     fig.update_layout(barmode="overlay", height=650)
     fig.update_xaxes(title_text="angle (rad)", range=[0, 2 * math.pi], row=1, col=1).update_xaxes(title_text="pair i", row=2, col=1)
     return fig.update_yaxes(title_text="share of positions", row=1, col=1).update_yaxes(title_text="KL (nats)", row=2, col=1)
@@ -370,13 +373,20 @@ def _hf_rotate(x:Tensor, # (T, D) in the activation dtype
     R = x.shape[-1] // 2
     return x * cos + torch.cat([-x[..., R:], x[..., :R]], -1) * sin
 
+def _exact_score(q:Tensor, k:Tensor, # (D,) float64, half layout
+                 f:Tensor, distance:int, scale:float) -> float:
+    "The exact score <R_m q, R_(m+distance) k> = scale² Σ_i (q_i k_i + q_i' k_i') cos(distance·θ_i) + (q_i' k_i − q_i k_i') sin(distance·θ_i)"
+    R, a = len(f), distance * f.double()
+    (q1, q2), (k1, k2) = (q[:R], q[R:]), (k[:R], k[R:])
+    return scale ** 2 * ((q1 * k1 + q2 * k2) * a.cos() + (q2 * k1 - q1 * k2) * a.sin()).sum().item()
+
 def _score_deviation(enc, dtype, length, distance, seed) -> np.ndarray: # (length,)
-    "|score in `dtype` - score in float64| at every query position m, key at m + distance"
+    "|score in `dtype` - exact score| at every query position m, key at m + distance"
     f, m = effective_inv_freq(enc), torch.arange(length)
     q, k = torch.randn(2, 2 * len(f), generator=torch.Generator().manual_seed(seed)).to(dtype)  # rounded to the dtype first
-    def rot(x, pos, dt): return _hf_rotate(x.to(dt).expand(length, -1), f, pos, enc.attention_scale).double()  # (length, D)
-    def score(dt): return (rot(q, m, dt) * rot(k, m + distance, dt)).sum(-1)
-    return (score(dtype) - score(torch.float64)).abs().numpy()
+    def rot(x, pos): return _hf_rotate(x.expand(length, -1), f, pos, enc.attention_scale).double()  # (length, D)
+    exact = _exact_score(q.double(), k.double(), f, distance, enc.attention_scale)  # the same at every m: no need to rotate in float64
+    return ((rot(q, m) * rot(k, m + distance)).sum(-1) - exact).abs().numpy()
 
 # %% ../nbs/03_viz.ipynb #2afaf255
 def _check_dtypes(dtypes) -> tuple:

@@ -138,6 +138,20 @@ def test_app_in_chromium(server):
         after_slide = _wait_change(page, after_pick)
         assert "dim=96" in page.url  # the URL keeps the state
 
+        page.locator(".bk-tab", has_text="allocation").first.click()  # the open tab is in the URL too
+        t0 = time.time()
+        while "tab=4" not in page.url and time.time() - t0 < 10: page.wait_for_timeout(100)
+        assert "tab=4" in page.url
+        alloc = _traces(page)
+        page.get_by_text("yarn parameters").first.click()  # each encoding's own parameters, from its signature
+        own = page.locator("input[placeholder='default'] >> visible=true").first  # yarn's partial_rotary_factor
+        own.wait_for(timeout=10_000)
+        own.fill("0.5"); own.press("Enter")
+        _wait_change(page, alloc)  # half of yarn's pairs no longer rotate
+        t0 = time.time()
+        while "params=" not in page.url and time.time() - t0 < 10: page.wait_for_timeout(100)
+        assert "params=" in page.url and "partial_rotary_factor" in page.url
+
         page.locator(".bk-tab", has_text="HF config").first.click()
         box = page.locator("textarea").first
         box.fill(json.dumps(LLAMA)); box.blur()
@@ -149,6 +163,7 @@ def test_app_in_chromium(server):
         page.locator(".bk-tab", has_text="wavelength").first.click()
         page.locator(".js-plotly-plot .main-svg >> visible=true").first.wait_for(timeout=30_000)
         page.wait_for_load_state("networkidle")
+        view = _wait_change(page, None)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
         shared = browser.new_page(viewport={"width": 1400, "height": 1000})  # the URL keeps the view: open it afresh
@@ -156,7 +171,7 @@ def test_app_in_chromium(server):
         shared.on("request", lambda r: requests.append(r.url))
         shared.goto(page.url, wait_until="networkidle", timeout=60_000)
         shared.locator(".js-plotly-plot .main-svg >> visible=true").first.wait_for(timeout=30_000)
-        assert _traces(shared) == after_slide
+        assert _wait_change(shared, None) == view  # same encodings, widgets, own parameters and tab
         browser.close()
     assert not errors, "\n".join(errors)
     off = sorted({u for u in requests if not _local(u)})

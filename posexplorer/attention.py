@@ -32,15 +32,15 @@ def _repeat_kv(x, n_heads):
     "Grouped-query attention: repeat each k/v head for its group of query heads"
     return x if x.shape[2] == n_heads else x.repeat_interleave(n_heads // x.shape[2], dim=2)
 
-def _positions(enc, T, given, device, offset=0):
-    "Given positions, or the encoding's default `offset + (0..T-1)`"
-    if given is not None: return given
-    p = enc.default_positions(T, device=device) if isinstance(enc, Encoding) else torch.arange(T, device=device)
-    return p + offset
+def _default_positions(enc, T, device):
+    "The encoding's default positions of T tokens (0..T-1 for most; sample coordinates for coordinate encodings)"
+    return enc.default_positions(T, device=device) if isinstance(enc, Encoding) else torch.arange(T, device=device)
 
 def _qk_positions(enc, Tq, Tk, q_positions, k_positions, device):
-    "Query and key positions: keys default to 0..Tk-1 and queries to the last Tq of them"
-    return _positions(enc, Tq, q_positions, device, max(Tk - Tq, 0)), _positions(enc, Tk, k_positions, device)
+    "Query and key positions: keys default to the encoding's default positions of Tk tokens and queries to the last Tq of them"
+    kp = _default_positions(enc, Tk, device) if k_positions is None or (q_positions is None and Tq <= Tk) else None
+    qp = q_positions if q_positions is not None else kp[..., Tk - Tq:] if Tq <= Tk else _default_positions(enc, Tq, device)
+    return qp, (k_positions if k_positions is not None else kp)
 
 # %% ../nbs/02_attention.ipynb #7511d374
 def _encode_qk(q, k, enc, qp, kp, backend, x=None):

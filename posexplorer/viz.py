@@ -12,6 +12,7 @@ __all__ = ['PALETTE', 'NONE_COLOR', 'KL_EPS', 'N_DRAWS', 'effective_inv_freq', '
 import dataclasses, inspect, math, numbers
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 import torch
 from torch import Tensor
@@ -24,11 +25,13 @@ NONE_COLOR = "#c7c7c7"  # pairs with θ_i = 0: no rotation
 
 def _color(i:int) -> str: return PALETTE[i % len(PALETTE)]
 
+_TEMPLATE = pio.templates["plotly_white"]  # the object, not its name: plotly looks a name up and copies it each time
+
 def _figure(title:str, # the question the figure answers
             rows:int=1, cols:int=1, **subplots) -> go.Figure: # `subplots`: passed to `make_subplots`
     "An empty figure in the house look: white template, fixed palette, the question as its title"
-    fig = make_subplots(rows=rows, cols=cols, **subplots)
-    return fig.update_layout(template="plotly_white", colorway=list(PALETTE), font=dict(size=12),
+    fig = make_subplots(rows=rows, cols=cols, **subplots) if rows * cols > 1 or subplots else go.Figure()  # make_subplots costs 10 ms
+    return fig.update_layout(template=_TEMPLATE, colorway=list(PALETTE), font=dict(size=12),
                              title=dict(text=title, x=0.01, font=dict(size=16)), margin=dict(l=70, r=30, t=80, b=60))
 
 # %% ../nbs/03_viz.ipynb #7ca11693
@@ -235,9 +238,19 @@ def _rotary_scores(enc:RotaryEncoding, qv:Tensor, kv:Tensor, # (N, D) query and 
                    max_distance:int) -> np.ndarray: # (max_distance + 1,)
     "Mean over draws of <R_r q, R_0 k> for r = 0..max_distance (the key r tokens back), rotated by `enc.apply`"
     T = max_distance + 1
+    if type(enc).apply is RotaryEncoding.apply: return _angle_scores(enc, qv, kv, T)  # same numbers, without rotating N·T vectors
     qr, k0 = enc.apply(qv[:, None, None].expand(-1, T, 1, -1).contiguous(), kv[:, None, None],  # queries at 0..T-1, a key at 0
                        enc.default_positions(T), k_positions=enc.default_positions(1))  # (N, T, 1, D), (N, 1, 1, D)
     return (qr[:, :, 0].double() * k0[:, 0].double()).sum(-1).mean(0).numpy()
+
+def _angle_scores(enc:RotaryEncoding, qv:Tensor, kv:Tensor, T:int) -> np.ndarray: # (T,)
+    "The same mean score from the angle table: per pair, <R_a q, R_b k> = (q₁k₁ + q₂k₂) cos(b − a) + (q₂k₁ − q₁k₂) sin(b − a), linear in q kᵀ"
+    aq, ak = enc.angles(enc.default_positions(T), torch.float64), enc.angles(enc.default_positions(1), torch.float64)  # (T, R), (1, R)
+    R, q, k = aq.shape[-1], qv.double(), kv.double()
+    (q1, q2), (k1, k2) = (q[:, :R], q[:, R:2 * R]), (k[:, :R], k[:, R:2 * R])  # half layout, as `apply`'s default
+    A, B, C = (q1 * k1 + q2 * k2).mean(0), (q2 * k1 - q1 * k2).mean(0), (q[:, 2 * R:] * k[:, 2 * R:]).sum(-1).mean()  # draws averaged first
+    d = ak - aq
+    return (enc.attention_scale ** 2 * (d.cos() @ A + d.sin() @ B) + C).numpy()
 
 def _decay_bound(inv_freq:Tensor, # (R,) θ_j
                  distances:Tensor) -> np.ndarray: # (N,) relative distances r
@@ -285,7 +298,8 @@ def score_vs_distance(encodings, # rotary and/or bias encodings: one, a list, or
 # %% ../nbs/03_viz.ipynb #e664deb6
 def _heads(encoding, heads, n_heads) -> int:
     "Check `heads` and return the number of heads H to draw q and k with"
-    H = n_heads if n_heads is not None or not isinstance(encoding, BiasEncoding) else encoding.n_heads
+    own = getattr(encoding, "n_heads", None) if getattr(encoding, "family", "") in ("bias", "general") else None  # they may fix their head count
+    H = n_heads if n_heads is not None or not isinstance(own, int) else own
     if not isinstance(heads, (tuple, list)) or not heads: raise ValueError(f"`heads` must be a non-empty tuple of head indices, got {heads!r}")
     for h in heads: _check_int(h, "heads", 0)
     H = max(heads) + 1 if H is None else H
@@ -302,8 +316,11 @@ def _check_map_args(encoding, T, dim):
 
 def _attention_z(encoding, T, H, dim, seed, probs) -> Tensor: # (H, T, T) float32, masked entries NaN
     "Causal logits or probabilities of q, k ~ N(0, I), `(1, T, H, dim)` each, from `posexplorer.attention`"
-    q, k = torch.randn(2, 1, T, H, dim, generator=torch.Generator().manual_seed(seed))  # (B=1, T, H, D) each
-    z = (attention_probs if probs else attention_logits)(q, k, encoding)[0]  # (H, T, T)
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, 1, T, H, dim, generator=g)  # (B=1, T, H, D) each
+    C = getattr(encoding, "context_dim", None)  # an encoding that reads the tokens (CARoPE) gets random hidden states too
+    x = None if C is None else torch.randn(1, T, C, generator=g)
+    with torch.no_grad(): z = (attention_probs if probs else attention_logits)(q, k, encoding, x=x)[0]  # (H, T, T); learned weights need no graph
     return z.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("nan"))  # masked: blank
 
 # %% ../nbs/03_viz.ipynb #a5581aed
@@ -318,7 +335,8 @@ def attention_map(encoding:Encoding|None, # any encoding, or None (no positional
     _check_map_args(encoding, T, dim)
     z = _attention_z(encoding, T, _heads(encoding, heads, n_heads), dim, seed, probs)
     what, label = ("probability", "probabilities") if probs else ("logit", "logits"), _label(encoding) if encoding is not None else "no encoding"
-    fig = _figure(f"Where do random queries look under {label}?<br><sup>attention {what[1]} of q, k ~ N(0, I), T = {T}, D = {dim}</sup>")
+    xs = ", hidden states x" if getattr(encoding, "context_dim", None) is not None else ""
+    fig = _figure(f"Where do random queries look under {label}?<br><sup>attention {what[1]} of q, k{xs} ~ N(0, I), T = {T}, D = {dim}</sup>")
     for h in heads:
         fig.add_heatmap(z=z[h].numpy(), colorscale="Blues" if probs else "RdBu_r", zmid=None if probs else 0, name=f"head {h}",
                         hovertemplate=f"head {h}<br>m = %{{y}}, n = %{{x}}<br>{what[0]} %{{z:.4f}}<extra></extra>")

@@ -269,14 +269,15 @@ def explore(tab:str="wavelength", # a tab of the app: one of `TABS`
     return figure(tab, {n: build(n, s) for n in chosen}, s)
 
 def _live() -> bool:
-    "Is there a Jupyter front end (JupyterLab, Colab) to draw widgets, outside `nbdev-test` and the docs build?"
+    "Is there a Jupyter front end (JupyterLab, Colab) to draw widgets, outside `nbdev-test` and the docs build (`POSEXPLORER_STATIC`)?"
     import os
     try:
         from IPython import get_ipython
         import ipywidgets  # noqa: F401
     except ImportError: return False
     ip = get_ipython()
-    return "IN_TEST" not in os.environ and ip is not None and (type(ip).__name__ == "ZMQInteractiveShell" or "google.colab" in str(type(ip)))
+    static = "IN_TEST" in os.environ or "POSEXPLORER_STATIC" in os.environ  # nbdev-test; the docs and README builds
+    return not static and ip is not None and (type(ip).__name__ == "ZMQInteractiveShell" or "google.colab" in str(type(ip)))
 
 def live(encodings:str="rope,yarn", tab:str="wavelength", **settings) -> go.Figure|None:
     "Sliders for the app's figures in JupyterLab or Colab (ipywidgets); elsewhere (docs, tests) the static figure"

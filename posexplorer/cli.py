@@ -13,6 +13,7 @@ import argparse, importlib, sys
 # %% ../nbs/05_cli.ipynb #3e63960b
 COMMANDS = {  # subcommand -> (module with `add_args` and `command`, one-line help)
     "bench": ("posexplorer.bench", "time the rotary kernels against torch, torch.compile, Liger-Kernel, flash-attn and transformers"),
+    "lab": ("posexplorer.lab", "train tiny Transformers with any encoding on short sequences and test them on longer ones (`lab run`)"),
     "serve": ("posexplorer.app", "serve the explorer app (every encoding side by side, paste a config.json) on 127.0.0.1"),
 }
 

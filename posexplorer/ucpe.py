@@ -6,7 +6,8 @@ Docs: https://posexplorer.github.io/posexplorer/ucpe.html.md"""
 
 # %% auto #0
 __all__ = ['N_AXES', 'pinhole_directions', 'world_to_ray', 'ray_positions', 'camera_pose', 'two_cameras', 'UCPE', 'random_rigid',
-           'bench_ucpe', 'ray_frame_figure', 'ray_logit_map']
+           'bench_ucpe', 'ray_frame_figure', 'ray_logit_map', 'ray_rigs', 'rig_tokens', 'ray_match_logits',
+           'train_ray_match']
 
 # %% ../nbs/44_ucpe.ipynb #ba1ec3cd
 import math
@@ -331,3 +332,57 @@ def ray_logit_map(motions:dict|None=None, # label -> (4, 4) rigid motion applied
     viz._add_slider(fig, [(lab, [i]) for i, lab in enumerate(motions)], "global motion: ")
     fig.update_layout(width=620, height=600).update_yaxes(autorange="reversed", title_text="query token (camera 0: 0-8, camera 1: 9-17)", scaleanchor="x")
     return fig.update_xaxes(title_text="key token")
+
+# %% ../nbs/44_ucpe.ipynb #548dff5c
+def ray_rigs(n_rigs:int=128, # rigs of two cameras
+             seed:int=0) -> Tensor: # (n_rigs, 2, 4, 4) float64 camera-to-world poses
+    "Random upright rigs: camera A within 0.3 of the origin, B within 0.3 of (1, 0, 0), each yawed by up to ±30°"
+    _check_int(n_rigs, "n_rigs")
+    g = torch.Generator().manual_seed(seed)
+    def u(*s): return torch.rand(*s, generator=g, dtype=torch.float64) * 2 - 1
+    rigs = []
+    for _ in range(n_rigs):
+        ya, yb = (u(2) * math.radians(30)).tolist()
+        rigs.append(torch.stack([camera_pose(ya, (0.3 * u(3)).tolist()), camera_pose(yb, (torch.tensor([1.0, 0, 0], dtype=torch.float64) + 0.3 * u(3)).tolist())]))
+    return torch.stack(rigs)
+
+def rig_tokens(c2w:Tensor, # (S, 2, 4, 4) rigs from `ray_rigs`
+               n:int=16, # tokens per camera (near-square patch grid)
+               motion:Tensor|None=None) -> tuple: # optional (4, 4) rigid motion applied to every rig first
+    "(positions (14, S, 2n) float64, A's tokens first; world rays (S, 2n, 6) origin and direction; target (S, n): B's most parallel ray)"
+    _check_int(n, "n")
+    if motion is not None: c2w = motion.to(c2w.dtype) @ c2w
+    pos = torch.stack([ray_positions(r, [n, n], dtype=torch.float64) for r in c2w], 1)  # (14, S, 2n)
+    P, _ = _frames(pos)  # (S, 2n, 4, 4) world -> ray
+    Pi = _invert_se3(P)  # ray -> world: column 2 is the direction, column 3 the origin
+    rays = torch.cat([Pi[..., :3, 3], Pi[..., :3, 2]], -1)  # (S, 2n, 6)
+    target = torch.einsum("sid,sjd->sij", rays[:, :n, 3:], rays[:, n:, 3:]).argmax(-1)
+    return pos, rays, target
+
+def ray_match_logits(kind:str, # "ucpe" or "absolute"
+                     params:list, # from `train_ray_match`
+                     pos:Tensor, rays:Tensor, n:int) -> Tensor: # from `rig_tokens` -> (S, n, n) logits of A's tokens over B's
+    "Logits of the ray-matching models: UCPE on one learned (q, k), or a linear map of the world rays into q and k"
+    if kind == "ucpe":
+        S, (q, k) = pos.shape[1], params
+        qo, ko = UCPE(dim=q.shape[-1]).transform(q.expand(S, n, 1, -1), k.expand(S, n, 1, -1), pos[:, :, :n], k_positions=pos[:, :, n:], backend="torch")
+        return torch.einsum("sihd,sjhd->sij", qo, ko)
+    if kind == "absolute":
+        f = torch.cat([rays, torch.ones_like(rays[..., :1])], -1)  # (S, 2n, 7)
+        return torch.einsum("sid,sjd->sij", f[:, :n] @ params[0], f[:, n:] @ params[1])
+    raise ValueError(f"`kind` must be 'ucpe' or 'absolute', got {kind!r}")
+
+def train_ray_match(kind:str, pos:Tensor, rays:Tensor, target:Tensor, n:int=16, # from `rig_tokens`
+                    dim:int=8, steps:int=200, lr:float=0.05, seed:int=0, progress:bool=True) -> tuple: # (params, losses)
+    "Fit the `kind` model by full-batch Adam on the cross-entropy of `ray_match_logits` (float64)"
+    _check_int(steps, "steps"); _check_positive(lr, "lr")
+    if kind not in ("ucpe", "absolute"): raise ValueError(f"`kind` must be 'ucpe' or 'absolute', got {kind!r}")
+    from tqdm.auto import tqdm
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(dim,), (dim,)] if kind == "ucpe" else [(7, dim), (7, dim)]
+    params = [(torch.randn(s, generator=g, dtype=torch.float64) * (1.0 if kind == "ucpe" else 0.3)).requires_grad_() for s in shapes]
+    opt, losses = torch.optim.Adam(params, lr=lr), []
+    for _ in tqdm(range(steps), disable=not progress, leave=False):
+        loss = F.cross_entropy(ray_match_logits(kind, params, pos, rays, n).flatten(0, 1), target.flatten())
+        opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+    return [p.detach() for p in params], losses

@@ -139,3 +139,19 @@ BAD = [
 @pytest.mark.parametrize("call,exc,msg", BAD)
 def test_bad_input(call, exc, msg):
     with pytest.raises(exc, match=msg): call()
+
+# ---- training: the learned heading preference survives ψ → ψ + 2πm -----------------------------------------
+def test_training_heading_match_is_periodic():
+    "One learned q, k (d = 8): the loss falls; DRoPE's accuracy on headings moved by multiples of 2π equals its train accuracy"
+    from posexplorer.drope import heading_task, train_heading_match, heading_match_accuracy, heading_match_logits
+    psi, tgt = heading_task(n_scenes=96, seed=2)
+    psi_wr = psi + 2 * math.pi * torch.randint(-3, 4, psi.shape, generator=torch.Generator().manual_seed(3)).double()
+    enc = get("drope", dim=8, heading_pairs=4)
+    q, k, losses = train_heading_match(enc, psi, tgt, steps=80, progress=False)
+    assert losses[-1] < 0.3 * losses[0]
+    acc = heading_match_accuracy(enc, q, k, psi, tgt)
+    assert acc > 0.9 and heading_match_accuracy(enc, q, k, psi_wr, tgt) == acc
+    torch.testing.assert_close(heading_match_logits(enc, q, k, psi_wr), heading_match_logits(enc, q, k, psi), atol=1e-9, rtol=0)
+    contrast = get("drope", dim=8, heading_pairs=4); contrast.inv_freq = inv_freq(8, 100.0)  # RoPE's θ_i on the heading
+    qc, kc, _ = train_heading_match(contrast, psi, tgt, steps=80, progress=False)
+    assert (heading_match_logits(contrast, qc, kc, psi_wr) - heading_match_logits(contrast, qc, kc, psi)).abs().max() > 1e-2

@@ -213,3 +213,20 @@ BAD = [
 @pytest.mark.parametrize("call,exc,msg", BAD)
 def test_bad_input(call, exc, msg):
     with pytest.raises(exc, match=msg): call()
+
+# ---- training: a learned ray matching survives a global rigid motion ---------------------------------------
+def test_training_ray_match_is_rigid_invariant():
+    "UCPE on one learned q, k: the loss falls, and after one rigid motion of every rig the logits (so the answers) are unchanged"
+    from posexplorer.ucpe import ray_rigs, rig_tokens, train_ray_match, ray_match_logits
+    rigs = ray_rigs(24, seed=5)
+    pos, rays, tgt = rig_tokens(rigs, n=9)
+    pos2, rays2, tgt2 = rig_tokens(rigs, n=9, motion=random_rigid(7))
+    assert torch.equal(tgt, tgt2)
+    params, losses = train_ray_match("ucpe", pos, rays, tgt, n=9, steps=80, progress=False)
+    assert losses[-1] < 0.5 * losses[0]
+    L, L2 = ray_match_logits("ucpe", params, pos, rays, 9), ray_match_logits("ucpe", params, pos2, rays2, 9)
+    torch.testing.assert_close(L2, L, atol=1e-8, rtol=0)
+    assert (L.argmax(-1) == tgt).double().mean() > 0.6
+    pa, _ = train_ray_match("absolute", pos, rays, tgt, n=9, steps=80, progress=False)  # the contrast sees the world frame
+    assert (ray_match_logits("absolute", pa, pos2, rays2, 9) - ray_match_logits("absolute", pa, pos, rays, 9)).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="kind"): train_ray_match("rope", pos, rays, tgt, n=9)

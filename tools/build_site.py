@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
 MATHJAX_DIR = ROOT / ".site-deps" / "node_modules" / "mathjax" / "es5"
-EXEC_ENV = {"TRITON_INTERPRET": "1", "PLOTLY_RENDERER": "plotly_mimetype"}
+EXEC_ENV = {"TRITON_INTERPRET": "1", "PLOTLY_RENDERER": "plotly_mimetype", "POSEXPLORER_STATIC": "1"}  # static: `app.live` draws no widgets
 CELL_TIMEOUT = 600  # seconds, as nbdev-test
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"

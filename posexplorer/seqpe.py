@@ -209,7 +209,7 @@ def train_seqpe(enc:SeqPE, steps:int=400, context:int=64, max_position:int=1024,
 # %% ../nbs/43_seqpe.ipynb #de50f836
 def similarity_heatmaps(encodings:dict, # label -> additive encoding
                         positions:Tensor, # (N,) the positions shown
-                        marks:dict|None=None) -> "go.Figure": # label -> position drawn as a line (e.g. L and M)
+                        marks:dict|None=None) -> viz.go.Figure: # label -> position drawn as a line (e.g. L and M)
     "Centred cosine similarity of the embeddings of `positions`, one heatmap per encoding"
     fig = viz._figure("Do nearby positions stay alike beyond the range the objectives saw?", cols=len(encodings),
                       subplot_titles=list(encodings), horizontal_spacing=0.08)

@@ -3,7 +3,7 @@
 #
 #   here, once:   echo /.whl/ >> .git/info/exclude
 #                 python3 -m pip download --no-deps --only-binary=:all: -d .whl fastcore   # pure Python; the device image lacks it
-#   then:         device run: command="bash tools/gpu_check.sh", carry=[".whl"], timeout_s=480
+#   then:         device run: command="bash tools/gpu_check.sh", carry=[".whl"], timeout_s=600
 #
 # It runs the CUDA tests (the kernel suites and the registry-wide parity tests run on the GPU there), then the rotary
 # and the attention benchmarks, and writes everything under $OUT (or gpu-results/ elsewhere). Quote the card's name
@@ -20,3 +20,19 @@ timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py te
 bench() { timeout "$1" python3 -c "import sys; from posexplorer.cli import main; sys.exit(main(sys.argv[1:]))" bench --no-progress "${@:2}"; }
 bench 150 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 bench 120 --attention --json "$OUT/bench-attention.json" 2>&1 | tee "$OUT/bench-attention.txt"
+# The paper kernels of the learned and coordinate notebooks: their tests on the GPU, then each one's benchmark
+# (Triton against its torch reference; the closing notes quote these as the kernels' speedups).
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_comrope.py tests/test_carope.py tests/test_ucpe.py tests/test_spherical.py 2>&1 | tail -20 | tee "$OUT/cuda-tests-papers.txt"
+timeout 120 python3 - <<'PY' 2>&1 | tee "$OUT/bench-papers.txt"
+import json, os
+from posexplorer.comrope import bench_comrope
+from posexplorer.carope import bench_carope
+from posexplorer.ucpe import bench_ucpe
+from posexplorer.spherical import bench_spherical
+rows = {}
+for name, fn in (("comrope", bench_comrope), ("carope", bench_carope), ("ucpe", bench_ucpe), ("spherical", bench_spherical)):
+    try: rows[name] = fn()
+    except Exception as e: rows[name] = f"{type(e).__name__}: {e}"
+    print(name, json.dumps(rows[name], default=str, indent=1))
+json.dump(rows, open(os.path.join(os.environ.get("OUT", "gpu-results"), "bench-papers.json"), "w"), default=str, indent=1)
+PY

@@ -22,12 +22,15 @@ from .multimodal import position_ids_plot, SCHEMES
 # %% ../nbs/90_app.ipynb #92701fc0
 FIELDS = {"dim": "dim", "base": "base", "factor": "factor", "context": "original_max_position_embeddings"}  # widget -> field
 
-def numeric_fields(name:str) -> dict: # parameter -> type (int or float) of the numeric constructor parameters of `name`'s class
-    "The number-valued constructor parameters (dataclass fields or `__init__` arguments) of the encoding registered as `name`"
+def _parameters(name:str) -> list: # inspect.Parameter of the constructor, those with a default
+    "The constructor parameters (dataclass fields or `__init__` arguments) of the encoding registered as `name`"
     _load_all()
     if name not in _REGISTRY: raise ValueError(f"unknown encoding `name` {name!r}")
-    ps = inspect.signature(_REGISTRY[name][0]).parameters.values()
-    return {p.name: type(p.default) for p in ps if isinstance(p.default, numbers.Real) and not isinstance(p.default, bool)}
+    return [p for p in inspect.signature(_REGISTRY[name][0]).parameters.values() if p.default is not inspect.Parameter.empty]
+
+def numeric_fields(name:str) -> dict: # parameter -> type (int or float) of the numeric constructor parameters of `name`'s class
+    "The number-valued constructor parameters of the encoding registered as `name`"
+    return {p.name: type(p.default) for p in _parameters(name) if isinstance(p.default, numbers.Real) and not isinstance(p.default, bool)}
 
 def params_for(name:str, values:dict) -> dict: # widget name -> value
     "The keyword arguments `name` accepts out of the widget `values`, cast to each field's type"
@@ -56,11 +59,9 @@ def _kind(default, annotation) -> str|None: # "bool", "int", "float", "numbers",
 
 def signature_fields(name:str) -> dict: # parameter -> (kind, default), the shared widgets' fields left out
     "The parameters of `name`'s constructor that get a widget of their own"
-    _load_all()
-    if name not in _REGISTRY: raise ValueError(f"unknown encoding `name` {name!r}")
     shared, out = set(FIELDS.values()), {}
-    for p in inspect.signature(_REGISTRY[name][0]).parameters.values():
-        if p.name in shared or p.default is inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD): continue
+    for p in _parameters(name):
+        if p.name in shared: continue
         kind = _kind(p.default, p.annotation)
         if kind: out[p.name] = (kind, p.default)
     return out
@@ -167,17 +168,16 @@ def _param_widget(field:str, kind:str, value):
     if kind == "numbers": return pn.widgets.TextInput(label=field, value="" if value is None else ", ".join(map(str, value)), placeholder="default")
     return (pn.widgets.IntInput if kind == "int" else pn.widgets.FloatInput)(label=field, value=value, placeholder="default")
 
-def _cards(w:dict, column):
-    "Fill `column` with a collapsed card of own parameters per chosen encoding; edits go to the `params` JSON"
+def _cards(w:dict, column, typos:dict, refresh):
+    "Fill `column` with a collapsed card of own parameters per chosen encoding; edits go to the `params` JSON, unreadable ones to `typos`"
     own = _overrides(w)
     def edit(name, field, kind):
         def cb(event):
-            cur = _overrides(w)
             try: val = parse_numbers(event.new) if kind == "numbers" else event.new
-            except ValueError as e: w["params"].value = json.dumps(cur | {"_error": f"`{name}`.{field}: {e}"}); return
-            cur.pop("_error", None)
-            cur.setdefault(name, {})[field] = val
-            w["params"].value = json.dumps(cur)
+            except ValueError as e: typos[name, field] = f"`{name}`.{field}: {e}"; return refresh()
+            new = json.dumps(_overrides(w) | {name: _overrides(w).get(name, {}) | {field: val}})
+            if typos.pop((name, field), None) and new == w["params"].value: return refresh()  # fixed back to the last good value
+            w["params"].value = new
         return cb
     cards = []
     for n in w["names"].value:
@@ -198,11 +198,11 @@ def _sync_url(w:dict, tabs=None):
 # %% ../nbs/90_app.ipynb #c99a2a23
 def _settings(w:dict) -> dict: return {k: w[k].value for k in FIELDS} | {"extended": max(w["extended"].value, w["context"].value), "focus": w["focus"].value}
 
-def _updater(w:dict, tabs, panes:dict, warn):
+def _updater(w:dict, tabs, panes:dict, warn, typos:dict):
     "A callback that redraws only the visible tab's figure (a hidden one is redrawn when it is opened)"
     def update(*events):
         encs, errors = _encodings(w)
-        if "_error" in _overrides(w): errors.append(_overrides(w)["_error"])
+        errors += typos.values()  # entries of the parameter cards that are not numbers
         warn.object, warn.visible = "\n\n".join(errors) or "-", bool(errors)
         if tabs.active < len(panes):
             title = list(panes)[tabs.active]
@@ -218,14 +218,14 @@ def app() -> pn.viewable.Viewable:
     tabs = pn.Tabs(*panes.values(), ("HF config", pn.Column(box, pn.bind(config_view, box))))
     _sync_url(w, tabs)  # after the tabs exist: a shared URL opens on its tab, with its own parameters
     warn = pn.pane.Alert("-", alert_type="warning", visible=False)
-    cards = pn.Column(sizing_mode="stretch_width")
+    cards, typos = pn.Column(sizing_mode="stretch_width"), {}
+    update = _updater(w, tabs, panes, warn, typos)
     def chosen(*events):  # the focus offers the chosen encodings; each gets its card of own parameters
         opts = list(w["names"].value)
         w["focus"].options = opts
         if w["focus"].value not in opts: w["focus"].value = opts[0] if opts else None
-        _cards(w, cards)
+        _cards(w, cards, typos, update)
     w["names"].param.watch(chosen, "value"); chosen()
-    update = _updater(w, tabs, panes, warn)
     for k, x in w.items(): x.param.watch(update, "value")
     tabs.param.watch(update, "active"); update()
     return pn.Row(pn.Column("## posexplorer", *w.values(), cards, warn, width=300), tabs, sizing_mode="stretch_width")

@@ -304,7 +304,7 @@ def _authors_dense(enc, x, pos): # (B, T, H, D): the D×D route of the authors' 
 
 def cpu_timings(T:int=1024, H:int=4, D:int=64, block_size:int=8, name:str="comrope_ld", budget:float=0.3) -> dict: # ms per call (median)
     "Median CPU time of the three torch routes for one (1, T, H, D) tensor; machine in `'machine'`"
-    from posexplorer.bench import time_fn
+    from posexplorer.bench import time_fn, device_name
     enc, x = get(name, dim=D, block_size=block_size), torch.randn(1, T, H, D)
     p = enc.default_positions(T)[:, None].float()
     with torch.no_grad():
@@ -312,12 +312,7 @@ def cpu_timings(T:int=1024, H:int=4, D:int=64, block_size:int=8, name:str="comro
                   "matrix_exp blocks": lambda: apply_blocks(x, block_rotations(enc, p)),
                   "spectral (Schur) form": lambda: _torch_one(enc, x, p, torch.float32)}
         out = {k: round(time_fn(f, "cpu", budget), 2) for k, f in routes.items()}
-    return out | {"machine": f"{_cpu_name()}, torch threads {torch.get_num_threads()}"}
-
-def _cpu_name() -> str:
-    "The CPU's model name (Linux /proc/cpuinfo), else platform's guess"
-    try: return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): return platform.processor() or platform.machine()
+    return out | {"machine": device_name("cpu")}
 
 # %% ../nbs/40_comrope.ipynb #f696e135
 def bench_comrope(shapes=((4, 1024, 8, 64), (4, 4096, 8, 128)), block_size:int=8, names=("comrope_ld", "liere"),

@@ -168,11 +168,10 @@ def vector_eigenfields(points:Tensor, # (N, D) samples of a d-dimensional manifo
 
 # %% ../nbs/53_laplacian_pe.ipynb #006a4796
 def fibonacci_sphere(n:int) -> Tensor: # (n, 3) float64 nearly uniform points on the unit sphere
-    "n points on the unit sphere along the golden-angle spiral"
-    i = torch.arange(n, dtype=torch.float64) + 0.5
-    z, phi = 1 - 2 * i / n, math.pi * (3 - math.sqrt(5)) * i
-    r = (1 - z ** 2).sqrt()
-    return torch.stack([r * phi.cos(), r * phi.sin(), z], 1)
+    "n points on the unit sphere: the spherical-harmonics notebook's Fibonacci lattice, in Cartesian coordinates"
+    from posexplorer.spherical import fibonacci_lonlat
+    lon, lat = torch.deg2rad(fibonacci_lonlat(n, dtype=torch.float64))
+    return torch.stack([lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()], 1)
 
 def clifford_torus(n:int) -> tuple: # ((n², 4) points, (n², 4, 2) exact tangent frames ∂u, ∂v), float64
     "An n × n grid on the flat torus (cos u, sin u, cos v, sin v)/√2 in R^4, with its parallel frames"

@@ -133,12 +133,12 @@ def synthetic_image(n:int=64) -> Tensor: # (n, n) float32 in [0, 1]
     return torch.where(stripes, 0.5 + 0.4 * torch.sin(2 * math.pi * 10 * (x + y)), img).clamp(0, 1)
 
 class FourierFeatures(nn.Module):
-    "NeRF-style axis-aligned sinusoids: (2, T) points -> (T, 4L) [sin, cos of 2^i π x and 2^i π y]"
+    "NeRF-style axis-aligned sinusoids: (2, T) points -> (T, 4L), sin and cos of 2^i π x and 2^i π y (CQ-NIR's `fourier_features` per axis)"
     def __init__(self, n_freqs:int=8):
-        super().__init__(); self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freqs))
+        super().__init__(); self.n_freqs = n_freqs
     def forward(self, positions:Tensor) -> Tensor:
-        a = (positions.T[:, :, None] * self.freqs).flatten(1)  # (T, 2L)
-        return torch.cat([a.sin(), a.cos()], -1)
+        from posexplorer.cqnir import fourier_features
+        return torch.cat([fourier_features(math.pi * x, 2 * self.n_freqs, self.n_freqs - 1, positions.dtype) for x in positions], -1)
 
 def mlp(sizes:list) -> nn.Sequential:
     "Linear layers of these sizes with ReLU between them"

@@ -217,22 +217,14 @@ def sh_features(positions:Tensor, # (2, T) longitude, latitude in degrees
     return _sh_triton(positions, legendre_polys)
 
 # %% ../nbs/50_spherical_harmonics.ipynb #323485dc
-def _time(f, repeat:int) -> float: # best of `repeat`, in ms
-    best = float("inf")
-    for _ in range(repeat):
-        if torch.cuda.is_available(): torch.cuda.synchronize()
-        t0 = time.perf_counter(); f()
-        if torch.cuda.is_available(): torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-def bench_spherical(T:int=100_000, legendre_polys=(10, 25), device:str|None=None, repeat:int=5) -> list: # rows: dict(L, T, device, torch_ms, triton_ms)
-    "Time the torch reference against the fused Triton kernel (Triton only on CUDA) for T points"
+def bench_spherical(T:int=100_000, legendre_polys=(10, 25), device:str|None=None, budget:float=0.3) -> list: # rows: dict(L, T, device, torch_ms, triton_ms)
+    "Median time of the torch reference and of the fused Triton kernel (Triton only on CUDA) for T points, in ms"
+    from posexplorer.bench import time_fn
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     p = fibonacci_lonlat(T, device)
     rows = []
     for L in legendre_polys:
-        row = dict(L=L, T=T, device=device, torch_ms=_time(lambda: spherical_harmonics(p, L), repeat), triton_ms=None)
-        if p.is_cuda: _sh_triton(p, L); row["triton_ms"] = _time(lambda: _sh_triton(p, L), repeat)
+        row = dict(L=L, T=T, device=device, torch_ms=time_fn(lambda: spherical_harmonics(p, L), device, budget), triton_ms=None)
+        if p.is_cuda: row["triton_ms"] = time_fn(lambda: _sh_triton(p, L), device, budget)
         rows.append(row)
     return rows

@@ -269,22 +269,14 @@ def _ucpe_triton(x, M, patch, base, sign): # (B, T, H, D), dtype of x
     return _UCPEMap.apply(x if x.stride(-1) == 1 else x.contiguous(), M.detach(), patch.detach(), f, sign < 0)
 
 # %% ../nbs/44_ucpe.ipynb #2740caf4
-def _time(fn, n:int=20) -> float: # milliseconds per call
-    import time
-    fn()
-    if torch.cuda.is_available(): torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n): fn()
-    if torch.cuda.is_available(): torch.cuda.synchronize()
-    return 1e3 * (time.perf_counter() - t0) / n
-
-def bench_ucpe(B:int=1, T:int=4096, H:int=16, D:int=64, dtype=torch.bfloat16, n:int=20) -> list: # [{backend, ms}]
+def bench_ucpe(B:int=1, T:int=4096, H:int=16, D:int=64, dtype=torch.bfloat16, budget:float=0.3) -> list: # [{backend, ms}]
     "Time the q map (Pᵀ blocks + patch RoPE) of UCPE, torch reference against the Triton kernel (on CUDA only)"
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     enc, pos = UCPE(dim=D), two_cameras(T, dev)
     q = torch.randn(B, T, H, D, device=dev, dtype=dtype if dev == "cuda" else torch.float32)
-    rows = [dict(backend="torch", device=dev, ms=_time(lambda: enc.transform(q, None, pos, backend="torch"), n))]
-    if dev == "cuda": rows.append(dict(backend="triton", device=dev, ms=_time(lambda: enc.transform(q, None, pos, backend="triton"), n)))
+    from posexplorer.bench import time_fn, device_name
+    rows = [dict(backend=b, device=device_name(dev), ms=time_fn(lambda: enc.transform(q, None, pos, backend=b), dev, budget))
+            for b in (("torch", "triton") if dev == "cuda" else ("torch",))]
     return rows
 
 # %% ../nbs/44_ucpe.ipynb #434f12a9

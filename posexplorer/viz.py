@@ -243,14 +243,19 @@ def _rotary_scores(enc:RotaryEncoding, qv:Tensor, kv:Tensor, # (N, D) query and 
                        enc.default_positions(T), k_positions=enc.default_positions(1))  # (N, T, 1, D), (N, 1, 1, D)
     return (qr[:, :, 0].double() * k0[:, 0].double()).sum(-1).mean(0).numpy()
 
+def _pair_scores(q:Tensor, k:Tensor, # (N, D) query and key vectors, half layout
+                 delta:Tensor, # (T, R) angle of the key minus angle of the query, per pair
+                 scale:float=1.0) -> Tensor: # (T,) float64, mean over the N draws
+    "Mean <R_a q, R_b k> from angles alone: per pair (q₁k₁ + q₂k₂) cos(b − a) + (q₂k₁ − q₁k₂) sin(b − a), linear in q kᵀ (draws averaged first)"
+    R, q, k, d = delta.shape[-1], q.double(), k.double(), delta.double()
+    (q1, q2), (k1, k2) = (q[:, :R], q[:, R:2 * R]), (k[:, :R], k[:, R:2 * R])
+    A, B, C = (q1 * k1 + q2 * k2).mean(0), (q2 * k1 - q1 * k2).mean(0), (q[:, 2 * R:] * k[:, 2 * R:]).sum(-1).mean()  # C: pass-through features
+    return scale ** 2 * (d.cos() @ A + d.sin() @ B) + C
+
 def _angle_scores(enc:RotaryEncoding, qv:Tensor, kv:Tensor, T:int) -> np.ndarray: # (T,)
-    "The same mean score from the angle table: per pair, <R_a q, R_b k> = (q₁k₁ + q₂k₂) cos(b − a) + (q₂k₁ − q₁k₂) sin(b − a), linear in q kᵀ"
+    "`_rotary_scores` from the angle table: queries at 0..T-1, the key at 0"
     aq, ak = enc.angles(enc.default_positions(T), torch.float64), enc.angles(enc.default_positions(1), torch.float64)  # (T, R), (1, R)
-    R, q, k = aq.shape[-1], qv.double(), kv.double()
-    (q1, q2), (k1, k2) = (q[:, :R], q[:, R:2 * R]), (k[:, :R], k[:, R:2 * R])  # half layout, as `apply`'s default
-    A, B, C = (q1 * k1 + q2 * k2).mean(0), (q2 * k1 - q1 * k2).mean(0), (q[:, 2 * R:] * k[:, 2 * R:]).sum(-1).mean()  # draws averaged first
-    d = ak - aq
-    return (enc.attention_scale ** 2 * (d.cos() @ A + d.sin() @ B) + C).numpy()
+    return _pair_scores(qv, kv, ak - aq, enc.attention_scale).numpy()
 
 def _decay_bound(inv_freq:Tensor, # (R,) θ_j
                  distances:Tensor) -> np.ndarray: # (N,) relative distances r
@@ -391,19 +396,12 @@ def _hf_rotate(x:Tensor, # (T, D) in the activation dtype
     R = x.shape[-1] // 2
     return x * cos + torch.cat([-x[..., R:], x[..., :R]], -1) * sin
 
-def _exact_score(q:Tensor, k:Tensor, # (D,) float64, half layout
-                 f:Tensor, distance:int, scale:float) -> float:
-    "The exact score <R_m q, R_(m+distance) k> = scale² Σ_i (q_i k_i + q_i' k_i') cos(distance·θ_i) + (q_i' k_i − q_i k_i') sin(distance·θ_i)"
-    R, a = len(f), distance * f.double()
-    (q1, q2), (k1, k2) = (q[:R], q[R:]), (k[:R], k[R:])
-    return scale ** 2 * ((q1 * k1 + q2 * k2) * a.cos() + (q2 * k1 - q1 * k2) * a.sin()).sum().item()
-
 def _score_deviation(enc, dtype, length, distance, seed) -> np.ndarray: # (length,)
     "|score in `dtype` - exact score| at every query position m, key at m + distance"
     f, m = effective_inv_freq(enc), torch.arange(length)
     q, k = torch.randn(2, 2 * len(f), generator=torch.Generator().manual_seed(seed)).to(dtype)  # rounded to the dtype first
     def rot(x, pos): return _hf_rotate(x.expand(length, -1), f, pos, enc.attention_scale).double()  # (length, D)
-    exact = _exact_score(q.double(), k.double(), f, distance, enc.attention_scale)  # the same at every m: no need to rotate in float64
+    exact = _pair_scores(q[None], k[None], distance * f.double()[None], enc.attention_scale).item()  # the same at every m: no need to rotate in float64
     return ((rot(q, m) * rot(k, m + distance)).sum(-1) - exact).abs().numpy()
 
 # %% ../nbs/03_viz.ipynb #2afaf255

@@ -170,7 +170,7 @@ def test_kernel_gradient_and_attend():
 
 def test_bench_runs():
     from posexplorer.ucpe import bench_ucpe
-    rows = bench_ucpe(T=32, H=2, D=16, n=1)
+    rows = bench_ucpe(T=32, H=2, D=16, budget=0.02)
     assert rows[0]["backend"] == "torch" and rows[0]["ms"] > 0
 
 def test_gradients_finite():

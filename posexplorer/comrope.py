@@ -66,14 +66,18 @@ class BlockRotary(GeneralEncoding, nn.Module):
 def _skew(W, dtype=None): W = W if dtype is None else W.to(dtype); return W - W.transpose(-1, -2)
 
 # %% ../nbs/40_comrope.ipynb #ca042e8b
-@register("comrope_ap", title="ComRoPE: Scalable and Robust Rotary Position Embedding Parameterized by Trainable Commuting Angle Matrices",
-          year=2025, arxiv="2506.03737", notebook="40_comrope.ipynb", relative=True, orthogonal=True)
-class ComRoPEAP(BlockRotary):
-    "ComRoPE-AP: block j turns with axis `j mod A` by exp(x_{j mod A} S_j), S_j = W_j − W_jᵀ learned"
+class _OneSkewPerBlock(BlockRotary):
+    "The commuting variants: one learned skew matrix S_j = W_j − W_jᵀ per block, which the axes only scale"
     def _init_params(self, randn):
         self.weight = nn.Parameter(randn(self.n_heads, self.n_blocks, self.block_size, self.block_size) * self.init_std)
-        self.register_buffer("axis_of_block", torch.arange(self.n_blocks) % self.n_axes, persistent=False)
+        self._init_axes(randn)
     def block_generators(self, dtype=None): return _skew(self.weight, dtype)  # (Hg, n_blocks, b, b)
+
+@register("comrope_ap", title="ComRoPE: Scalable and Robust Rotary Position Embedding Parameterized by Trainable Commuting Angle Matrices",
+          year=2025, arxiv="2506.03737", notebook="40_comrope.ipynb", relative=True, orthogonal=True)
+class ComRoPEAP(_OneSkewPerBlock):
+    "ComRoPE-AP: block j turns with axis `j mod A` by exp(x_{j mod A} S_j), S_j = W_j − W_jᵀ learned"
+    def _init_axes(self, randn): self.register_buffer("axis_of_block", torch.arange(self.n_blocks) % self.n_axes, persistent=False)
     def block_times(self, pos): return pos[self.axis_of_block].movedim(0, -1)  # (A, B|1, T) -> (B|1, T, n_blocks)
     def generators(self, dtype=None):
         S = self.block_generators(dtype)
@@ -82,12 +86,9 @@ class ComRoPEAP(BlockRotary):
 
 @register("comrope_ld", title="ComRoPE: Scalable and Robust Rotary Position Embedding Parameterized by Trainable Commuting Angle Matrices",
           year=2025, arxiv="2506.03737", notebook="40_comrope.ipynb", relative=True, orthogonal=True)
-class ComRoPELD(BlockRotary):
+class ComRoPELD(_OneSkewPerBlock):
     "ComRoPE-LD: axis a's block j is m_{a,j} S_j, one learned skew S_j per block and learned scalars m"
-    def _init_params(self, randn):
-        self.weight = nn.Parameter(randn(self.n_heads, self.n_blocks, self.block_size, self.block_size) * self.init_std)
-        self.multiplier = nn.Parameter(randn(self.n_axes, self.n_blocks))  # N(0, 1), as the authors' reset_pe
-    def block_generators(self, dtype=None): return _skew(self.weight, dtype)  # (Hg, n_blocks, b, b)
+    def _init_axes(self, randn): self.multiplier = nn.Parameter(randn(self.n_axes, self.n_blocks))  # N(0, 1), as the authors' reset_pe
     def block_times(self, pos): return torch.einsum("abt,an->btn", pos, self.multiplier.to(pos.dtype))  # (B|1, T, n_blocks)
     def generators(self, dtype=None):
         S = self.block_generators(dtype)

@@ -94,9 +94,9 @@ def server():
 
 
 def _traces(page) -> str:
-    "The trace names and the first y values of the visible plotly figure"
+    "The trace names, sizes and first x and y values of the visible plotly figure"
     return page.locator(".js-plotly-plot").evaluate_all("""ds => { const d = ds.find(d => d.checkVisibility({visibilityProperty: true, opacityProperty: true}) && d.data);
-        return d ? JSON.stringify(d.data.map(t => [t.name, Array.from(t.y || []).slice(0, 8)])) : null; }""")  # panel's shadow DOM: a locator pierces it
+        return d ? JSON.stringify(d.data.map(t => [t.name, (t.x || []).length, (t.y || []).length, Array.from(t.x || []).slice(0, 8), Array.from(t.y || []).slice(0, 8), Array.from(t.base || []).slice(0, 8)])) : null; }""")  # panel's shadow DOM: a locator pierces it
 
 
 def _wait_change(page, old: str, *words, timeout=20.0) -> str:
@@ -142,7 +142,7 @@ def test_app_in_chromium(server):
         t0 = time.time()
         while "tab=4" not in page.url and time.time() - t0 < 10: page.wait_for_timeout(100)
         assert "tab=4" in page.url
-        alloc = _traces(page)
+        alloc = _wait_change(page, after_slide)  # the allocation strip replaced the wavelength figure
         page.get_by_text("yarn parameters").first.click()  # each encoding's own parameters, from its signature
         own = page.locator("input[placeholder='default'] >> visible=true").first  # yarn's partial_rotary_factor
         own.wait_for(timeout=10_000)

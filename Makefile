@@ -8,18 +8,26 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 APP_PORT ?= 5006
 
-.PHONY: setup serve test site docs lab bench readme check chromium clean
+.PHONY: setup serve test site docs lab bench readme check chromium clean lock
 .DEFAULT_GOAL := test
 
 # The CPU build of torch is installed first and pinned, so that no range below pulls a CUDA build.
-$(STAMP): pyproject.toml
+# Everything else comes from requirements.lock, so a fresh clone tests exactly what main was tested with.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
 
 setup: $(STAMP)
+
+# Upgrade the pinned tools on purpose (then run make test, and commit the lock on its own).
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv && .lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q torch==2.13.0 && .lock-venv/bin/pip install -q -e '.[dev]'
+	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 # Debian's Chromium for the browser tests (never `playwright install`: it downloads a browser).
 chromium:

@@ -129,28 +129,24 @@ def test_app_in_chromium(server):
         choice = page.locator(".choices__input--cloned").first  # the MultiChoice's search box: pick two more encodings
         for name in ("yarn", "llama3"):
             choice.click(); page.locator(f'.choices__item--choice[data-value="{name}"]').first.click()
-            page.wait_for_timeout(300)
+            page.locator(f'.choices__item--selectable[data-value="{name}"]').first.wait_for(timeout=10_000)  # picked
         after_pick = _wait_change(page, before, "yarn", "llama3")
         assert "yarn" in after_pick and "llama3" in after_pick
 
         slider = page.locator(".noUi-handle").first  # dim d: one step left with the keyboard
         slider.focus(); [page.keyboard.press("ArrowLeft") for _ in range(4)]
         after_slide = _wait_change(page, after_pick)
-        assert "dim=96" in page.url  # the URL keeps the state
+        page.wait_for_function("() => location.href.includes('dim=96')", timeout=20_000)  # the URL keeps the state, once the app has synced it
 
         page.locator(".bk-tab", has_text="allocation").first.click()  # the open tab is in the URL too
-        t0 = time.time()
-        while "tab=4" not in page.url and time.time() - t0 < 10: page.wait_for_timeout(100)
-        assert "tab=4" in page.url
+        page.wait_for_function("() => location.href.includes('tab=4')", timeout=20_000)
         alloc = _wait_change(page, after_slide)  # the allocation strip replaced the wavelength figure
         page.get_by_text("yarn parameters").first.click()  # each encoding's own parameters, from its signature
         own = page.locator("input[placeholder='default'] >> visible=true").first  # yarn's partial_rotary_factor
         own.wait_for(timeout=10_000)
         own.fill("0.5"); own.press("Enter")
         _wait_change(page, alloc)  # half of yarn's pairs no longer rotate
-        t0 = time.time()
-        while "params=" not in page.url and time.time() - t0 < 10: page.wait_for_timeout(100)
-        assert "params=" in page.url and "partial_rotary_factor" in page.url
+        page.wait_for_function("() => location.href.includes('params=') && location.href.includes('partial_rotary_factor')", timeout=20_000)
 
         page.locator(".bk-tab", has_text="HF config").first.click()
         box = page.locator("textarea").first

@@ -104,9 +104,12 @@ def _needs(key):
     if not hasattr(tf, cls_name): pytest.skip(f"transformers {tf.__version__} has no {cls_name}")
     return getattr(tf, cls_name), d, lt
 
-def test_transformers_cannot_load_su():
-    "The reason for `_for_transformers`: transformers 5 raises on Phi-3's legacy 'su' type; we accept it as longrope"
-    with pytest.raises(KeyError, match="original_max_position_embeddings"): tf.Phi3Config(**CONFIGS["phi3_su"][1])
+def test_transformers_reads_su_as_longrope():
+    """Holds for transformers 5.25.0 (requirements.lock): Phi3Config reads Phi-3's legacy 'su' type as longrope, with the
+    factors we read. Releases before it (5.0 to 5.24) raised KeyError here, hence `_for_transformers`."""
+    ours, theirs = hf_rope_parameters(CONFIGS["phi3_su"][1]), tf.Phi3Config(**CONFIGS["phi3_su"][1]).rope_parameters
+    assert theirs["rope_type"] == ours["rope_type"] == "longrope"
+    assert theirs["short_factor"] == ours["short_factor"] and theirs["long_factor"] == ours["long_factor"]
 
 def _rotary_class(config_cls):
     "The model's own rotary embedding class, next to its config class (Gemma3TextConfig -> Gemma3RotaryEmbedding)"

@@ -40,9 +40,9 @@ chromium:
 # The notebooks are the source: they must be clean, and the library exported from them.
 check: setup
 	@sums() { find nbs posexplorer -name '*.ipynb' -o -name '*.py' | grep -v __pycache__ | sort | xargs sha1sum | sha1sum; }; \
-	before=$$(sums); $(BIN)/nbdev-clean >/dev/null; $(BIN)/nbdev-export; after=$$(sums); \
+	before=$$(sums); $(BIN)/nbdev-clean >/dev/null; $(PY) tools/export.py; after=$$(sums); \
 	if [ "$$before" != "$$after" ]; then git status --short nbs posexplorer; \
-	  echo "error: notebooks were not clean or posexplorer/ was not exported from them; run 'make check' and commit"; exit 1; fi
+	  echo "error: notebooks were not clean or posexplorer/ was not exported from them; run 'make check' (nbdev-clean, tools/export.py) and commit"; exit 1; fi
 	@echo "notebooks clean, library in step"
 
 site: setup .site-deps/node_modules/mathjax/es5/tex-chtml.js

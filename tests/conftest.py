@@ -1,7 +1,7 @@
 "Shared test setup: the Triton interpreter on machines without a GPU, per-dtype tolerances."
 import os
 import torch
-if not torch.cuda.is_available():  # must happen before posexplorer.kernels is imported
+if not torch.cuda.is_available():  # must happen before posexplorer.ops.rotary is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 

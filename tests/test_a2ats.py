@@ -1,11 +1,11 @@
-"""A2ATS windowed RoPE (`posexplorer.a2ats`): exactness at distance r and inside the window, independence of the key's
+"""A2ATS windowed RoPE (`posexplorer.encodings.inference.a2ats`): exactness at distance r and inside the window, independence of the key's
 position outside it, the seeded k-means and query-aware codebook, and bad input."""
 import math
 import pytest
 import torch
 from posexplorer.core import get
-from posexplorer.rope import RoPE
-from posexplorer.a2ats import WRoPE, kmeans, query_aware_kmeans, score_error, synthetic_queries, vq_scores, score_scatter
+from posexplorer.encodings.classics.rope import RoPE
+from posexplorer.encodings.inference.a2ats import WRoPE, kmeans, query_aware_kmeans, score_error, synthetic_queries, vq_scores, score_scatter
 
 def _qk(Tq, Tk, D, seed=0):
     g = torch.Generator().manual_seed(seed)

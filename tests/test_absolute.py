@@ -1,12 +1,12 @@
-"""Absolute encodings and NoPE (`posexplorer.absolute`): the sinusoidal table against an independent float64 closed form
+"""Absolute encodings and NoPE (`posexplorer.encodings.classics.absolute`): the sinusoidal table against an independent float64 closed form
 and Hugging Face's tables, the learned table's interface and limits, NoPE through attention, and bad input."""
 import math
 import pytest
 import torch
 import torch.nn.functional as F
 from posexplorer.core import get
-from posexplorer.absolute import LearnedAbsolute, NoPE, Sinusoidal, sinusoidal_table
-from posexplorer.attention import attend, attention_logits
+from posexplorer.encodings.classics.absolute import LearnedAbsolute, NoPE, Sinusoidal, sinusoidal_table
+from posexplorer.ops.attention import attend, attention_logits
 
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)

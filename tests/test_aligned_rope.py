@@ -1,4 +1,4 @@
-"""MotionLab's aligned RoPE (`posexplorer.aligned_rope`): against MotionLab's attention path (Diouo/MotionLab,
+"""MotionLab's aligned RoPE (`posexplorer.encodings.spacetime.aligned_rope`): against MotionLab's attention path (Diouo/MotionLab,
 rfmotion/models/architectures/rfmotion_denoiser_4path.py, JointAttnProcessor2_0: each motion segment rotated by its own
 `RotaryEmbedding(dim_head, use_xpos=True).rotate_queries_and_keys`, then concatenated), run with lucidrains'
 rotary-embedding-torch; the kernel backends; bad input."""
@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get
-from posexplorer.aligned_rope import AlignedRoPE, aligned_position_ids
+from posexplorer.encodings.spacetime.aligned_rope import AlignedRoPE, aligned_position_ids
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -1,4 +1,4 @@
-"""The explorer app (`posexplorer serve`, nbs/90_app.ipynb).
+"""The explorer app (`posexplorer serve`, nbs/tools/app.ipynb).
 
 Fast tests build `app()` and the config box without a server. The browser test starts `posexplorer serve` in a
 subprocess on a free 127.0.0.1 port, opens it in Debian's Chromium through Playwright (tools/chromium.py), picks a
@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import panel as pn
 import pytest
 
-from posexplorer import app as A
+from posexplorer.tools import app as A
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -76,7 +76,7 @@ def server():
     "`posexplorer serve --port <free>` in a subprocess; its URL"
     port = _free_port()
     log = (ARTIFACTS / "app-server.log"); ARTIFACTS.mkdir(exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from posexplorer.cli import main; sys.exit(main())", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from posexplorer.tools.cli import main; sys.exit(main())", "serve", "--port", str(port)],
                             cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/app"
     try:

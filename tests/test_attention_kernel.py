@@ -4,7 +4,7 @@ multiplicative Toeplitz term, and rotary encodings; causal and not; ragged lengt
 import pytest
 import torch
 from conftest import TOL
-from posexplorer.attention import attend
+from posexplorer.ops.attention import attend
 from posexplorer.core import BiasEncoding, get
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,4 +1,4 @@
-"""Axial 2D RoPE (`posexplorer.axial2d`): against lucidrains' rotary-embedding-torch (`get_axial_freqs`), against the logic
+"""Axial 2D RoPE (`posexplorer.encodings.spacetime.axial2d`): against lucidrains' rotary-embedding-torch (`get_axial_freqs`), against the logic
 of naver-ai/rope-vit's `compute_axial_cis` + `apply_rotary_emb` (deit/models_v2_rope.py; re-written here, complex form,
 x block first), 2D relativity per axis, the shared kernel's backends, gradients, and bad input."""
 import math, re
@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import angles, get, rotate
-from posexplorer.axial2d import Axial2D, axial_frequencies, grid_positions, near_square, grid_attention_map
-from posexplorer.attention import attention_logits
+from posexplorer.encodings.spacetime.axial2d import Axial2D, axial_frequencies, grid_positions, near_square, grid_attention_map
+from posexplorer.ops.attention import attention_logits
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from posexplorer import core
 from posexplorer.core import angles, get, inv_freq, names, rotate
-from posexplorer.kernels import apply_rotary, apply_rotary_positions
-from posexplorer.attention import attend, attention_logits
+from posexplorer.ops.rotary import apply_rotary, apply_rotary_positions
+from posexplorer.ops.attention import attend, attention_logits
 
 x = torch.randn(1, 5, 2, 8)
 a = angles(torch.arange(5), inv_freq(8))

@@ -5,8 +5,8 @@ case after that, so the compiled contender is timed on one tiny case only."""
 import importlib.util, json, math, shutil
 import pytest
 import torch
-from posexplorer import bench
-from posexplorer.cli import main
+from posexplorer.tools import bench
+from posexplorer.tools.cli import main
 
 TINY = bench.Shape("tiny", 1, 16, 2, 1, 16)
 PARTIAL = bench.Shape("tiny odd partial", 1, 7, 2, 1, 16, R=4)

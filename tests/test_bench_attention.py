@@ -2,8 +2,8 @@
 import json
 import pytest
 import torch
-from posexplorer import bench_attention as ba
-from posexplorer.cli import main
+from posexplorer.tools import bench_attention as ba
+from posexplorer.tools.cli import main
 
 def test_quick_run_checks_and_times():
     res = ba.run(quick=True, contenders=["sdpa", "reference"], progress=False)

@@ -1,12 +1,12 @@
-"""ALiBi and T5 bias (posexplorer.bias) against outside references: Hugging Face's BLOOM slopes and T5 buckets and
+"""ALiBi and T5 bias (posexplorer.encodings.classics.bias) against outside references: Hugging Face's BLOOM slopes and T5 buckets and
 bias, flash-attention's documented ALiBi formula, tables computed by hand; plus bad input."""
 import math
 import pytest
 import torch
 from conftest import DEVICES
 from posexplorer.core import get
-from posexplorer.attention import attend, attention_logits, attention_probs
-from posexplorer.bias import ALiBi, T5Bias, alibi_slopes, t5_bucket
+from posexplorer.ops.attention import attend, attention_logits, attention_probs
+from posexplorer.encodings.classics.bias import ALiBi, T5Bias, alibi_slopes, t5_bucket
 
 bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
 t5_mod = pytest.importorskip("transformers.models.t5.modeling_t5")

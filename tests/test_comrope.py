@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get, rotate, angles, inv_freq
-from posexplorer.comrope import (ComRoPEAP, ComRoPELD, LieRE, apply_blocks, block_rotations, spectral, schur_form, _skew,
+from posexplorer.encodings.learned.comrope import (ComRoPEAP, ComRoPELD, LieRE, apply_blocks, block_rotations, spectral, schur_form, _skew,
                                  ap_from_frequencies, commutator_norm, rope_residual, grid_points, launch_block_rotary, _torch_one)
 
 # ---- the authors' formulation, re-derived from Longin-Yu/ComRoPE model.py (own code, not copied) ---------------------

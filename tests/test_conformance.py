@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 from conftest import TOL
 from posexplorer.core import cards, get, names, rotate, FAMILIES
-from posexplorer.attention import attention_logits, attend
+from posexplorer.ops.attention import attention_logits, attend
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton parity tests run compiled on a GPU, interpreted elsewhere
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,7 +103,7 @@ def test_bias_kernel_forms_agree(name, H, Tq, Tk):
 @pytest.mark.parametrize("causal", [True, False])
 def test_bias_attention_kernel_parity(name, causal):
     "Every bias encoding the Triton attention can run gives the reference's output (Triton's interpreter on a CPU)"
-    from posexplorer.attention import attend
+    from posexplorer.ops.attention import attend
     enc = get(name, n_heads=3)
     q, k, v = (torch.randn(1, 29, 3, 64, device=DEV) for _ in range(3))
     ref = attend(q, k, v, enc, causal=causal, backend="torch")

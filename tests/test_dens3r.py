@@ -1,4 +1,4 @@
-"""Dens3R's position-interpolated 2D RoPE (`posexplorer.dens3r`), a labelled reading: against the logic of CroCo's
+"""Dens3R's position-interpolated 2D RoPE (`posexplorer.encodings.spacetime.dens3r`), a labelled reading: against the logic of CroCo's
 `RoPE2D` (naver/croco, models/pos_embed.py; re-written here, y half then x half, each a 1D RoPE in the half layout,
 base 100) up to a fixed feature permutation, at integer positions and at interpolated float positions; position
 interpolation by hand; the kernel with float positions; bad input."""
@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get
-from posexplorer.axial2d import grid_positions
-from posexplorer.dens3r import interpolated_positions
+from posexplorer.encodings.spacetime.axial2d import grid_positions
+from posexplorer.encodings.spacetime.dens3r import interpolated_positions
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -51,7 +51,7 @@ def test_interpolation_by_hand():
     assert (p.max(1).values < 32).all()
 
 def test_relative_within_a_grid():
-    from posexplorer.attention import attention_logits
+    from posexplorer.ops.attention import attention_logits
     enc = get("dens3r", dim=16, train_size=8)
     P = enc.positions(12, 10)
     q, k = torch.randn(1, 120, 1, 16, dtype=torch.float64), torch.randn(1, 120, 1, 16, dtype=torch.float64)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from posexplorer.core import FrequencyRotary, get, inv_freq
-from posexplorer.dprope import DPRoPE, COUNT_EPS, distribution_disturbance, pair_histograms
+from posexplorer.encodings.context.dprope import DPRoPE, COUNT_EPS, distribution_disturbance, pair_histograms
 
 pytestmark = pytest.mark.filterwarnings("ignore:reduction:UserWarning")  # F.kl_div(reduction='mean'), as the authors call it
 

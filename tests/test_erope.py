@@ -1,11 +1,11 @@
-"""ERoPE (`posexplorer.erope`): against GenCompositor's released code (TencentARC/GenCompositor), re-implemented here from
+"""ERoPE (`posexplorer.encodings.spacetime.erope`): against GenCompositor's released code (TencentARC/GenCompositor), re-implemented here from
 its logic, the shared kernel's backends, and bad input."""
 import math
 import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get
-from posexplorer.erope import ERoPE, erope_position_ids, cogvideox_sections, axial_inv_freq, ARRANGEMENTS
+from posexplorer.encodings.spacetime.erope import ERoPE, erope_position_ids, cogvideox_sections, axial_inv_freq, ARRANGEMENTS
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

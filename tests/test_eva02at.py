@@ -1,4 +1,4 @@
-"""EVA02-AT's joint spatial-temporal RoPE (`posexplorer.eva02at`), our reading (the paper gives no frequencies and its
+"""EVA02-AT's joint spatial-temporal RoPE (`posexplorer.encodings.spacetime.eva02at`), our reading (the paper gives no frequencies and its
 code was not available): against lucidrains' rotary-embedding-torch (temporal `RotaryEmbedding(D)` frequencies plus
 axial `get_axial_freqs`, summed into one table), against two successive rotations, relativity per axis, the kernel's
 backends, gradients and bad input."""
@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get, rotate, angles
-from posexplorer.axial2d import grid_positions
-from posexplorer.attention import attention_logits
-from posexplorer.kernels import apply_rotary_positions
+from posexplorer.encodings.spacetime.axial2d import grid_positions
+from posexplorer.ops.attention import attention_logits
+from posexplorer.ops.rotary import apply_rotary_positions
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

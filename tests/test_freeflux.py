@@ -1,12 +1,12 @@
-"""FreeFlux probe (`posexplorer.freeflux`): shifting the keys by Δ equals moving the queries by −Δ (logits and a whole
+"""FreeFlux probe (`posexplorer.encodings.inference.freeflux`): shifting the keys by Δ equals moving the queries by −Δ (logits and a whole
 joint block), the probe card, the 3-axis positions, kernel parity and bad input."""
 import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get, angles, rotate
-from posexplorer.rope import RoPE
-from posexplorer.kernels import apply_rotary_positions
-from posexplorer.freeflux import (FreeFlux, TinyMMDiT, MMDiTConfig, flux_positions, axial_frequencies, probe_layers, _joint)
+from posexplorer.encodings.classics.rope import RoPE
+from posexplorer.ops.rotary import apply_rotary_positions
+from posexplorer.encodings.inference.freeflux import (FreeFlux, TinyMMDiT, MMDiTConfig, flux_positions, axial_frequencies, probe_layers, _joint)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

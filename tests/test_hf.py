@@ -2,7 +2,7 @@
 import pytest
 import torch
 from posexplorer.core import angles, get, inv_freq
-from posexplorer.kernels import apply_rotary
+from posexplorer.ops.rotary import apply_rotary
 
 tf = pytest.importorskip("transformers")
 from transformers import LlamaConfig, GPTNeoXConfig, GPTJConfig

@@ -1,4 +1,4 @@
-"""`posexplorer.hf.from_hf_config` against transformers: for configs in the style of published config.json files, the
+"""`posexplorer.tools.hf.from_hf_config` against transformers: for configs in the style of published config.json files, the
 encoding's inv_freq and attention_scale equal those of the model's own rotary embedding (its config built by the
 model's config class from the same dict); the standardized parameters equal transformers' rope_parameters; bad configs
 raise errors that name the problem."""
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from posexplorer.core import get, inv_freq, names
-from posexplorer.hf import HF_ROPE_TYPES, from_hf_config, hf_rope_parameters
+from posexplorer.tools.hf import HF_ROPE_TYPES, from_hf_config, hf_rope_parameters
 
 tf = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -15,7 +15,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 def _ramp(n, lo, hi): return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
 try:  # Phi-3-mini-128k's published factor lists, kept by the LongRoPE notebook
-    from posexplorer.longrope import PHI3_MINI_128K
+    from posexplorer.encodings.context.longrope import PHI3_MINI_128K
     PHI3_SHORT, PHI3_LONG = PHI3_MINI_128K["short_factor"], PHI3_MINI_128K["long_factor"]
 except ImportError: PHI3_SHORT, PHI3_LONG = _ramp(48, 1.0, 2.5), _ramp(48, 1.0, 40.0)
 
@@ -265,7 +265,7 @@ def test_proportional_pass_through_in_each_half():
     (dict(partial_rotary_factor="0.5"), ValueError, "partial_rotary_factor"), (dict(dim=7), ValueError, "dim"), (dict(dim=8.0), TypeError, "dim"),
 ])
 def test_proportional_bad_input(params, exc, arg):
-    from posexplorer.hf import ProportionalRoPE
+    from posexplorer.tools.hf import ProportionalRoPE
     with pytest.raises(exc, match=arg): ProportionalRoPE(**params)
 
 def test_every_transformers_rope_type_is_mapped_and_registered():

@@ -1,4 +1,4 @@
-"""HoPE (`posexplorer.hope`): the zero-frequency pairs give a position-independent score; the channel assignment and
+"""HoPE (`posexplorer.encodings.spacetime.hope`): the zero-frequency pairs give a position-independent score; the channel assignment and
 the position ids against the logic of the paper's code (hrlics/HoPE, modeling_hope.py: `apply_hybrid_multimodal_rotary_pos_emb`
 and `get_dynamic_rope_index`), reproduced independently in test_videorope.py's helpers; the floor; dynamic temporal
 scaling; bad input."""
@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get, inv_freq
-from posexplorer.hope import HoPE, HOPE_STRIDES
+from posexplorer.encodings.spacetime.hope import HoPE, HOPE_STRIDES
 from test_videorope import code_rotate, code_channel_rows, code_positions, SEQS, assert_rotates_like
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -102,7 +102,7 @@ def test_sample_temporal_stride():
 # ---- the floor ---------------------------------------------------------------------------------------------------
 def test_score_floor_against_mrope_and_videorope():
     "q = k on text: HoPE's score is never below M-RoPE's or VideoRoPE's, and never below |q_Z|² − Σ_S |q_i|²"
-    from posexplorer.viz import score_vs_distance
+    from posexplorer.figures.shared import score_vs_distance
     encs = {"m": get("mrope", dim=64), "v": get("videorope", dim=64), "h": get("hope", dim=64)}
     fig = score_vs_distance(encs, max_distance=3000, q="random", seed=3)
     y = {t.name: torch.tensor(t.y) for t in fig.data}

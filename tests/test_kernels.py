@@ -3,7 +3,7 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import angles, inv_freq, rotate
-from posexplorer.kernels import apply_rotary, apply_rotary_positions
+from posexplorer.ops.rotary import apply_rotary, apply_rotary_positions
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

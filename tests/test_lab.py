@@ -1,13 +1,13 @@
-"""The length-generalization lab (posexplorer.lab): task generators against brute force, training, results files,
+"""The length-generalization lab (posexplorer.tools.lab): task generators against brute force, training, results files,
 the CLI's bad-input errors, and a tiny sweep through the Ray path."""
 import json, random
 from collections import Counter
 import pytest
 import torch
-from posexplorer import lab
-from posexplorer.lab import (EOS, PAD, PLUS, SEP, TASKS, TinyLM, TrialConfig, VOCAB, check_config, load_results,
+from posexplorer.tools import lab
+from posexplorer.tools.lab import (EOS, PAD, PLUS, SEP, TASKS, TinyLM, TrialConfig, VOCAB, check_config, load_results,
                              make_batch, make_example, plan, run_trial, save_results, seq_len, sweep, train)
-from posexplorer.cli import main
+from posexplorer.tools.cli import main
 
 TINY = dict(train_max=2, test_max=3, steps=2, batch_size=4, n_eval=2)
 

@@ -1,10 +1,10 @@
-"""Llama 3.1 RoPE scaling (`posexplorer.llama3`): Hugging Face parity, Llama 3.1's band counts, the shared kernel, bad input."""
+"""Llama 3.1 RoPE scaling (`posexplorer.encodings.context.llama3`): Hugging Face parity, Llama 3.1's band counts, the shared kernel, bad input."""
 import math
 import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get, inv_freq, rotate
-from posexplorer.llama3 import Llama3RoPE, llama3_frequencies
+from posexplorer.encodings.context.llama3 import Llama3RoPE, llama3_frequencies
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -1,4 +1,4 @@
-"""LongRoPE (`posexplorer.longrope`): parity with Hugging Face's `_compute_longrope_parameters` and Phi-3's rotary
+"""LongRoPE (`posexplorer.encodings.context.longrope`): parity with Hugging Face's `_compute_longrope_parameters` and Phi-3's rotary
 module (its short/long switch) for Phi-3-mini-128k-instruct's published lists (as copied into a torchtune fork, see
 the notebook) and synthetic lists; the attention-factor rules; the switch itself; the kernel; bad factor lists."""
 import logging, math
@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import angles, get, inv_freq
-from posexplorer.attention import attention_logits
-from posexplorer.longrope import LongRoPE, PHI3_MINI_128K, longrope_attention_factor
+from posexplorer.ops.attention import attention_logits
+from posexplorer.encodings.context.longrope import LongRoPE, PHI3_MINI_128K, longrope_attention_factor
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

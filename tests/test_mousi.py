@@ -1,4 +1,4 @@
-"""MouSi's position-slot compression (`posexplorer.mousi`), a labelled reading: MouSi's code is not released, so the
+"""MouSi's position-slot compression (`posexplorer.encodings.spacetime.mousi`), a labelled reading: MouSi's code is not released, so the
 outside checks are the paper's stated position counts (abstract: a SAM image's 4096 positions cut to 64, or to 1) and
 Hugging Face's Llama rotary run with our position ids (the rotation is the LLM's RoPE, unchanged); the kernel backends;
 bad input."""
@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get
-from posexplorer.mousi import MouSiRoPE, mousi_position_ids
+from posexplorer.encodings.spacetime.mousi import MouSiRoPE, mousi_position_ids
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 SAM = [("text", 7), ("image", (1, 64, 64)), ("text", 5)]

@@ -1,11 +1,11 @@
-"""NeuRBF (`posexplorer.neurbf`, arXiv:2309.15426): the inverse-quadratic RBF and the frequency table against entry-by-entry
+"""NeuRBF (`posexplorer.encodings.coordinates.neurbf`, arXiv:2309.15426): the inverse-quadratic RBF and the frequency table against entry-by-entry
 float64 formulas written from the code's `util_network.rbf_ivq_a_fb` and `configs/img.py`, the composition
 h = b + Σ w ⊙ sin(ω φ̂), locality, gradients, the data-adaptive start, a short fit, and bad input."""
 import math
 import pytest
 import torch
 from posexplorer.core import get
-from posexplorer.neurbf import (FourierFeatures, NeuRBF, fit_image, log_freqs, mlp, n_params, pixel_grid, psnr, rbf_ivq,
+from posexplorer.encodings.coordinates.neurbf import (FourierFeatures, NeuRBF, fit_image, log_freqs, mlp, n_params, pixel_grid, psnr, rbf_ivq,
     synthetic_image, weighted_kmeans)
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,12 @@
-"""NTK-aware ("ntk") and dynamic NTK ("dynamic_ntk", `posexplorer.ntk`): Hugging Face's `rope_type="dynamic"` at several
+"""NTK-aware ("ntk") and dynamic NTK ("dynamic_ntk", `posexplorer.encodings.context.ntk`): Hugging Face's `rope_type="dynamic"` at several
 lengths and through its stateful rotary module, static NTK against the formula, against HF dynamic at L0(2 − 1/s) and
 against lucidrains' `theta_rescale_factor`, the KV-cache drift, and bad input."""
 import math
 import pytest
 import torch
 from posexplorer.core import angles, get, inv_freq, rotate
-from posexplorer.attention import attention_logits
-from posexplorer.ntk import NTKRoPE, DynamicNTKRoPE, ntk_base, sequence_length, cached_key_drift, cached_logit_change, cache_drift_plot
+from posexplorer.ops.attention import attention_logits
+from posexplorer.encodings.context.ntk import NTKRoPE, DynamicNTKRoPE, ntk_base, sequence_length, cached_key_drift, cached_logit_change, cache_drift_plot
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -214,5 +214,5 @@ def test_cards():
     ntk, dyn = get("ntk", dim=16), get("dynamic_ntk", dim=16)
     assert isinstance(ntk, NTKRoPE) and isinstance(dyn, DynamicNTKRoPE)
     assert ntk.card.properties == {"relative": True} and dyn.card.properties == {"relative": False}
-    assert ntk.card.arxiv == dyn.card.arxiv == "" and ntk.card.notebook == dyn.card.notebook == "21_ntk.ipynb"
+    assert ntk.card.arxiv == dyn.card.arxiv == "" and ntk.card.notebook == dyn.card.notebook == "context/ntk.ipynb"
     assert dyn.factor == ntk.factor == 4.0 and dyn.original_max_position_embeddings == 4096

@@ -1,11 +1,11 @@
-"""Position Interpolation (`posexplorer.pi`, registered as "linear"): Hugging Face's `rope_type="linear"`, lucidrains'
+"""Position Interpolation (`posexplorer.encodings.context.pi`, registered as "linear"): Hugging Face's `rope_type="linear"`, lucidrains'
 `interpolate_factor`, the issue's positions-or-frequencies check, the paper's interpolation bound, and bad input."""
 import math
 import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import angles, get, inv_freq
-from posexplorer.pi import LinearRoPE, fitted_qk
+from posexplorer.encodings.context.pi import LinearRoPE, fitted_qk
 
 BACKENDS = ["torch", "triton"]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -111,7 +111,7 @@ def test_interpolation_bound_paper_constant_fails():
 
 def test_fitted_scores_extrapolate_wildly_interpolate_tamely():
     "PI's §2.2: q, k fitted to noise on [0, L) score in hundreds beyond L; PI with s = 4 keeps them tame to 4L"
-    from posexplorer import viz
+    from posexplorer.figures import shared as viz
     L = 1024
     qk = fitted_qk(L)
     fig = viz.score_vs_distance({"rope": get("rope", dim=128), "pi": get("linear", dim=128, factor=4.0)}, max_distance=4 * L, q=qk, dim=128)
@@ -143,4 +143,4 @@ def test_fitted_qk_bad_input():
 def test_card():
     enc = get("linear", dim=16)
     assert isinstance(enc, LinearRoPE) and enc.card.arxiv == "2306.15595" and enc.card.properties == {"relative": True}
-    assert enc.factor == 4.0 and enc.card.notebook == "20_pi.ipynb"
+    assert enc.factor == 4.0 and enc.card.notebook == "context/pi.ipynb"

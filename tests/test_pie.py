@@ -1,12 +1,12 @@
-"""PIE (`posexplorer.pie`): shifting cached keys by Δ equals encoding at p + Δ, layer 0 after PIE equals full
+"""PIE (`posexplorer.encodings.inference.pie`): shifting cached keys by Δ equals encoding at p + Δ, layer 0 after PIE equals full
 re-encoding, the Triton path (shared kernel, in place) matches the torch reference, Hugging Face's Llama rotation as
 an outside reference, and bad input."""
 import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get, angles, inv_freq, rotate
-from posexplorer.rope import RoPE
-from posexplorer.pie import PIE, shift_keys_, TinyLlama, TinyConfig, apply_edits, edit_cache, compare_edit
+from posexplorer.encodings.classics.rope import RoPE
+from posexplorer.encodings.inference.pie import PIE, shift_keys_, TinyLlama, TinyConfig, apply_edits, edit_cache, compare_edit
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

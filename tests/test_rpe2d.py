@@ -1,4 +1,4 @@
-"""RPE-2D (`posexplorer.rpe2d`): randomized 2D positions in training, the plain grid at inference; the sampling is our
+"""RPE-2D (`posexplorer.encodings.spacetime.rpe2d`): randomized 2D positions in training, the plain grid at inference; the sampling is our
 choice (RPE-2D's code was not available): an independent re-derivation of the draw from the same generator, order and
 range, coverage, reduction to axial 2D RoPE at inference, relativity, the kernel, and bad input."""
 import re
@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get
-from posexplorer.axial2d import grid_positions
-from posexplorer.rpe2d import sampled_positions, positions_figure
-from posexplorer.attention import attention_logits
+from posexplorer.encodings.spacetime.axial2d import grid_positions
+from posexplorer.encodings.spacetime.rpe2d import sampled_positions, positions_figure
+from posexplorer.ops.attention import attention_logits
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

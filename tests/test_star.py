@@ -1,4 +1,4 @@
-"""STAR's normalized 2D RoPE (`posexplorer.star`), our reading position = index · ref_size / size (STAR's code was not
+"""STAR's normalized 2D RoPE (`posexplorer.encodings.spacetime.star`), our reading position = index · ref_size / size (STAR's code was not
 available): hand-computed positions, alignment across scales, relativity within a map and across maps in image units,
 the kernel with float positions, and bad input."""
 import re
@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get
-from posexplorer.star import star_positions, scales_overlay
-from posexplorer.axial2d import grid_positions
-from posexplorer.attention import attention_logits
+from posexplorer.encodings.spacetime.star import star_positions, scales_overlay
+from posexplorer.encodings.spacetime.axial2d import grid_positions
+from posexplorer.ops.attention import attention_logits
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

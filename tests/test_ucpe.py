@@ -1,4 +1,4 @@
-"""UCPE (`posexplorer.ucpe`): against the logic of chengzhag/UCPE (re-written here, not imported: `world_to_ray_mats` in
+"""UCPE (`posexplorer.encodings.learned.ucpe`): against the logic of chengzhag/UCPE (re-written here, not imported: `world_to_ray_mats` in
 src/camera_control.py, and `_prepare_apply_fns` / `_apply_tiled_projmat` / `_rope_apply_coeffs` in thirdparty/prope/torch.py,
 GTA branch, per-ray matrices, features [D/2 | D/4 | D/4], (B, H, T, D) layout) and against torch's
 scaled_dot_product_attention; invariance of logits and outputs to one global rigid motion; dtypes, batches, backends,
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from conftest import TOL
 from posexplorer.core import get
-from posexplorer.ucpe import (UCPE, world_to_ray, pinhole_directions, ray_positions, camera_pose, two_cameras, random_rigid,
+from posexplorer.encodings.learned.ucpe import (UCPE, world_to_ray, pinhole_directions, ray_positions, camera_pose, two_cameras, random_rigid,
                               ray_frame_figure, ray_logit_map, _frames, _invert_se3, _launch_ucpe)
-from posexplorer.attention import attention_logits, attend
+from posexplorer.ops.attention import attention_logits, attend
 
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)
@@ -169,7 +169,7 @@ def test_kernel_gradient_and_attend():
     torch.testing.assert_close(attend(q, k, v, enc, backend="triton"), attend(q, k, v, enc, backend="torch"), **TOL[torch.float32])
 
 def test_bench_runs():
-    from posexplorer.ucpe import bench_ucpe
+    from posexplorer.encodings.learned.ucpe import bench_ucpe
     rows = bench_ucpe(T=32, H=2, D=16, budget=0.02)
     assert rows[0]["backend"] == "torch" and rows[0]["ms"] > 0
 
@@ -217,7 +217,7 @@ def test_bad_input(call, exc, msg):
 # ---- training: a learned ray matching survives a global rigid motion ---------------------------------------
 def test_training_ray_match_is_rigid_invariant():
     "UCPE on one learned q, k: the loss falls, and after one rigid motion of every rig the logits (so the answers) are unchanged"
-    from posexplorer.ucpe import ray_rigs, rig_tokens, train_ray_match, ray_match_logits
+    from posexplorer.encodings.learned.ucpe import ray_rigs, rig_tokens, train_ray_match, ray_match_logits
     rigs = ray_rigs(24, seed=5)
     pos, rays, tgt = rig_tokens(rigs, n=9)
     pos2, rays2, tgt2 = rig_tokens(rigs, n=9, motion=random_rigid(7))

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st, HealthCheck
 from conftest import TOL
 from posexplorer.core import get
-from posexplorer.attention import attend
-from posexplorer.urpe import URPE, position_readout_plot, toeplitz_map, urpe_attention_map
+from posexplorer.ops.attention import attend
+from posexplorer.encodings.classics.urpe import URPE, position_readout_plot, toeplitz_map, urpe_attention_map
 
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -22,7 +22,7 @@ def rpe_by_hand(q, k, v, b, causal, c=None):
 @SETTINGS
 @given(H=st.integers(1, 5), T=st.integers(1, 41), M=st.integers(0, 50), causal=st.booleans(), seed=st.integers(0, 99))
 def test_c_one_is_relative_bias_attention(H, T, M, causal, seed):
-    "URPE with C = 1 is exactly softmax(QKᵀ/√d + B) V, through posexplorer.attention.attend"
+    "URPE with C = 1 is exactly softmax(QKᵀ/√d + B) V, through posexplorer.ops.attention.attend"
     enc = get("urpe", n_heads=H, max_distance=M, seed=seed, bias_std=1.0, scale_std=0.0)
     assert torch.equal(enc.scale_table, torch.ones(H, 2 * M + 1))
     q, k, v = torch.randn(3, 2, T, H, 8, generator=torch.Generator().manual_seed(seed))

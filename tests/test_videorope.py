@@ -1,4 +1,4 @@
-"""VideoRoPE (`posexplorer.videorope`): the channel assignment and the position ids against the logic of the paper's
+"""VideoRoPE (`posexplorer.encodings.spacetime.videorope`): the channel assignment and the position ids against the logic of the paper's
 code (Wiselnn570/VideoRoPE: `apply_m_modify_multimodal_rotary_pos_emb` and `get_t_scale_rope_index` in
 videorope-transformer/modeling_videorope.py), reproduced independently here; text equals RoPE; bad input."""
 import math
@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get, inv_freq
-from posexplorer.videorope import VideoRoPE, videorope_axis_map
+from posexplorer.encodings.spacetime.videorope import VideoRoPE, videorope_axis_map
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -96,7 +96,7 @@ SEQS = [
 @pytest.mark.parametrize("segments", SEQS)
 @pytest.mark.parametrize("stride", [2.0, 1.0, 0.5, 1.5])
 def test_position_ids_match_code(segments, stride):
-    mm = pytest.importorskip("posexplorer.multimodal")
+    mm = pytest.importorskip("posexplorer.encodings.spacetime.mrope")
     pos, nxt = mm.mrope_position_ids(segments, scheme="videorope", temporal_stride=stride)
     ref, ref_next = code_positions(segments, stride)
     torch.testing.assert_close(pos.double(), ref)

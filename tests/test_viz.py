@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from posexplorer.core import get, names, inv_freq, BiasEncoding
-from posexplorer.viz import (effective_inv_freq, wavelength_plot, kl_disturbance, angle_distribution, score_vs_distance,
+from posexplorer.figures.shared import (effective_inv_freq, wavelength_plot, kl_disturbance, angle_distribution, score_vs_distance,
                              attention_map, allocation_strip, deviation_plot)
 
 class _Slopes(BiasEncoding):
@@ -83,7 +83,7 @@ def test_inputs_untouched():
 
 def test_kl_disturbance_direction():
     "Both KL directions share the histograms; a bad direction names the argument"
-    from posexplorer.viz import kl_disturbance
+    from posexplorer.figures.shared import kl_disturbance
     rope, pi = get("rope", dim=16), get("linear", dim=16, factor=2.0)
     a = kl_disturbance(pi, 256, 512, reference=rope, bins=32)
     b = kl_disturbance(pi, 256, 512, reference=rope, bins=32, direction="train||extended")

@@ -1,12 +1,12 @@
-"""xPos (`posexplorer.xpos`): against lucidrains' rotary-embedding-torch (in its centring convention), an independent
+"""xPos (`posexplorer.encodings.classics.xpos`): against lucidrains' rotary-embedding-torch (in its centring convention), an independent
 float64 closed form, the shared kernel's backends and dtypes, gradients, and bad input."""
 import math
 import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import angles, get, inv_freq, rotate
-from posexplorer.xpos import XPos, xpos_zeta
-from posexplorer.attention import attend, attention_logits
+from posexplorer.encodings.classics.xpos import XPos, xpos_zeta
+from posexplorer.ops.attention import attend, attention_logits
 
 BACKENDS = ["torch", "triton"]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # Triton runs on CUDA tensors, or interpreted on CPU tensors (conftest)

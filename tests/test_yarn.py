@@ -1,4 +1,4 @@
-"""YaRN (`posexplorer.yarn`): parity with Hugging Face's `_compute_yarn_parameters` over plain, Qwen2.5-style,
+"""YaRN (`posexplorer.encodings.context.yarn`): parity with Hugging Face's `_compute_yarn_parameters` over plain, Qwen2.5-style,
 DeepSeek-style, gpt-oss-style (truncate False) and partial-rotary configs; the paper's temperature at s = 2, 4, 8, 16;
 the ramp's regions for LLaMA 2; the temperature on the logits; the kernel; bad input."""
 import logging, math
@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get, inv_freq
-from posexplorer.attention import attention_logits
-from posexplorer.yarn import YaRN, correction_dim, correction_range, yarn_mscale, yarn_ramp
+from posexplorer.ops.attention import attention_logits
+from posexplorer.encodings.context.yarn import YaRN, correction_dim, correction_range, yarn_mscale, yarn_ramp
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -3,7 +3,7 @@
 Starts `posexplorer serve` on a free 127.0.0.1 port, opens it in Debian's Chromium (tools/chromium.py) with RoPE and
 YaRN at d = 128, L = 32k, and for each figure tab changes the base θ and times the wait from the change to the moment
 the browser shows a different figure: server compute, the websocket transfer and plotly's drawing together.
-`posexplorer.app.bench_updates()` times the server's share alone.
+`posexplorer.tools.app.bench_updates()` times the server's share alone.
 
     python tools/bench_app.py [--repeat 3]
 """
@@ -27,10 +27,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="changes per tab (the median is printed)")
     args = ap.parse_args(argv)
-    from posexplorer.app import TABS
+    from posexplorer.tools.app import TABS
     from playwright.sync_api import sync_playwright
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from posexplorer.cli import main; sys.exit(main())", "serve", "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from posexplorer.tools.cli import main; sys.exit(main())", "serve", "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(240):

@@ -5,7 +5,7 @@
 The notebook is executed by the docs builder's executor (`build_site.execute_notebook`: a fresh kernel, cwd nbs/,
 TRITON_INTERPRET=1, PLOTLY_RENDERER=plotly_mimetype, nbdev-test's skipped cells left out), then written out:
 
-- markdown cells verbatim, except that relative links and images (`images/x.png`, `10_rope.ipynb`) are re-rooted
+- markdown cells verbatim, except that relative links and images (`images/x.png`, `classics/rope.ipynb`) are re-rooted
   at the README (`nbs/images/x.png`) and Quarto callouts (`::: {.callout-note}`) become GitHub alerts (`> [!NOTE]`);
 - code cells as ```python blocks, without their `#|` directive lines; `#| hide` and `#| include: false` cells are
   dropped with their outputs; `#| echo: false` cells lose their code but keep their markdown and image outputs;

@@ -78,7 +78,7 @@ def notebooks() -> list[Path]:
 
 
 def page_name(nb: Path) -> str:
-    "The html page of a notebook: `10_rope.ipynb` -> `10_rope.html`"
+    "The html page of a notebook: `classics/rope.ipynb` -> `10_rope.html`"
     return nb.with_suffix(".html").name
 
 

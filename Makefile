@@ -39,17 +39,19 @@ chromium:
 
 # The notebooks are the source: they must be clean, and the library exported from them.
 check: setup
-	@sums() { find nbs posexplorer -name '*.ipynb' -o -name '*.py' | grep -v __pycache__ | sort | xargs sha1sum | sha1sum; }; \
+	@sums() { find nbs posexplorer -name '*.ipynb' -o -name '*.py' -o -name _quarto.yml | grep -v __pycache__ | sort | xargs sha1sum | sha1sum; }; \
 	before=$$(sums); $(BIN)/nbdev-clean >/dev/null; $(PY) tools/export.py; after=$$(sums); \
 	if [ "$$before" != "$$after" ]; then git status --short nbs posexplorer; \
-	  echo "error: notebooks were not clean or posexplorer/ was not exported from them; run 'make check' (nbdev-clean, tools/export.py) and commit"; exit 1; fi
+	  echo "error: notebooks were not clean or posexplorer/ (or nbs/_quarto.yml's sidebar) was not exported from them; run 'make check' (nbdev-clean, tools/export.py) and commit"; exit 1; fi
 	@echo "notebooks clean, library in step"
 
+# Executes every notebook (nbdev-test's skip rule; a failing cell fails it, naming notebook and cell), cached by content
+# in .jupyter_cache/ (the code cells + everything under posexplorer/): a rebuild with nothing changed runs nothing.
 site: setup .site-deps/node_modules/mathjax/es5/tex-chtml.js
 	$(PY) tools/build_site.py --out _docs
 
+# The notebooks are tested by `site`, which runs each once; pytest then opens every page in Chromium.
 test: setup chromium check site
-	TRITON_INTERPRET=1 $(BIN)/nbdev-test --n-workers 2
 	TRITON_INTERPRET=1 $(BIN)/pytest -n 2 -q tests
 
 # The docs on $(PORT) and the explorer app on $(APP_PORT); Ctrl-C stops both.
@@ -74,8 +76,8 @@ bench: setup chromium
 
 # README.md is generated from nbs/index.ipynb; its figure is a snapshot of the RoPE page's first figure.
 readme: site chromium
-	$(PY) tools/snapshot.py _docs/10_rope.html 0 nbs/images/rope_decay.png
+	$(PY) tools/snapshot.py _docs/classics/rope.html 0 nbs/images/rope_decay.png
 	$(PY) tools/build_readme.py
 
 clean:
-	rm -rf _docs _proc .site-deps test-artifacts
+	rm -rf _docs _proc .site-deps .jupyter_cache test-artifacts

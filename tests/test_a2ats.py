@@ -5,7 +5,8 @@ import pytest
 import torch
 from posexplorer.core import get
 from posexplorer.encodings.classics.rope import RoPE
-from posexplorer.encodings.inference.a2ats import WRoPE, kmeans, query_aware_kmeans, score_error, synthetic_queries, vq_scores, score_scatter
+from posexplorer.encodings.inference.a2ats import WRoPE, kmeans, query_aware_kmeans, score_error, synthetic_queries, vq_scores
+from posexplorer.figures.a2ats import score_scatter
 
 def _qk(Tq, Tk, D, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from posexplorer.core import get
 from posexplorer.encodings.classics.rope import RoPE
-from posexplorer.encodings.inference.anchor_attention import (AnchorAttention, anchor_layout, key_errors, log_shifts, rotate_in, shift_deviation,
-                                   shift_deviation_plot, mask_plot)
+from posexplorer.encodings.inference.anchor_attention import AnchorAttention, anchor_layout, key_errors, log_shifts, rotate_in, shift_deviation
+from posexplorer.figures.anchor_attention import shift_deviation_plot, mask_plot
 
 SHIFTS = log_shifts(2 ** 20, 21)
 

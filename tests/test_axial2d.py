@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import angles, get, rotate
-from posexplorer.encodings.spacetime.axial2d import Axial2D, axial_frequencies, grid_positions, near_square, grid_attention_map
+from posexplorer.encodings.spacetime.axial2d import Axial2D, axial_frequencies, grid_positions, near_square
+from posexplorer.figures.axial2d import grid_attention_map
 from posexplorer.ops.attention import attention_logits
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get
-from posexplorer.encodings.learned.carope import CARoPE, carope_rotate, carope_phases, phase_errors, bench_carope, selective_copy_batch, softplus_inverse
+from posexplorer.encodings.learned.carope import CARoPE, carope_rotate, carope_phases, phase_errors, selective_copy_batch, softplus_inverse
+from posexplorer.tools.bench_carope import bench_carope
 
 def _enc(D=16, H=2, seed=0, std=0.5):
     "A CARoPE with a random W (the trained case)"

@@ -6,7 +6,7 @@ import torch
 from conftest import TOL
 from posexplorer.core import get, rotate, angles, inv_freq
 from posexplorer.encodings.learned.comrope import (ComRoPEAP, ComRoPELD, LieRE, apply_blocks, block_rotations, spectral, schur_form, _skew,
-                                 ap_from_frequencies, commutator_norm, rope_residual, grid_points, launch_block_rotary, _torch_one)
+                                 ap_from_frequencies, commutator_norm, rope_residual, grid_points, launch_block_rotary, block_rotary_torch)
 
 # ---- the authors' formulation, re-derived from Longin-Yu/ComRoPE model.py (own code, not copied) ---------------------
 # RoPESelfAttentionBase.get_rotation_matrix: lnR = Σ_a x_a A_a per block (A: (H|1, A, nb, b, b)), R = matrix_exp(lnR),
@@ -129,7 +129,7 @@ def test_spectral_gradient_matches_matrix_exp():
         q = torch.randn(1, 7, 2, 12, dtype=torch.float64)
         p = grid_points(7).double()
         grads = []
-        for f in (lambda: _torch_one(e, q, p[:, None], torch.float64), lambda: apply_blocks(q, block_rotations(e, p, torch.float64))):
+        for f in (lambda: block_rotary_torch(e, q, p[:, None], torch.float64), lambda: apply_blocks(q, block_rotations(e, p, torch.float64))):
             e.zero_grad(); f().cos().sum().backward()
             grads.append([t.grad.clone() for t in e.parameters()])
         for a, b in zip(*grads): torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)

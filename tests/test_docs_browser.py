@@ -3,7 +3,8 @@
 Debian's Chromium (/usr/bin/chromium, `make chromium`) is driven through Playwright's sync API; `playwright install`
 is never run. The pages are served from 127.0.0.1 by `http.server` in a thread. Each page must load with status 200,
 draw every plotly figure, typeset its math with the local MathJax, log no console error and raise no page error,
-and make no request that leaves 127.0.0.1. The RoPE page is saved to test-artifacts/rope.png.
+and make no request that leaves 127.0.0.1. Pages mirror nbs/ (`context/yarn.html`); pick some with
+`-k`, e.g. `pytest tests/test_docs_browser.py -k "yarn or index"`. The RoPE page is saved to test-artifacts/rope.png.
 """
 import functools, http.server, re, shutil, sys, threading
 from pathlib import Path
@@ -17,7 +18,8 @@ from chromium import CHROMIUM, launch  # the one way this project opens Chromium
 DOCS = ROOT / "_docs"
 ARTIFACTS = ROOT / "test-artifacts"
 NO_SITE = "no built docs in _docs/: run make site first"
-PAGES = sorted(p.name for p in DOCS.glob("*.html")) or [NO_SITE]
+PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.html")
+               if p.relative_to(DOCS).parts[0] not in ("mathjax", "images")) or [NO_SITE]
 
 pytestmark = pytest.mark.browser
 
@@ -29,7 +31,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def base_url():
     "http://127.0.0.1:<free port>/ serving _docs/"
-    if not (DOCS / "index.html").exists() and not list(DOCS.glob("*.html")): pytest.fail(NO_SITE)
+    if PAGES == [NO_SITE]: pytest.fail(NO_SITE)
     handler = functools.partial(_Quiet, directory=str(DOCS))
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -94,7 +96,7 @@ def test_page(page_name, base_url, browser):
             assert not bad, f"{page_name}: TeX errors: {bad[:5]}"
 
         page.wait_for_load_state("networkidle", timeout=30_000)
-        if page_name == "10_rope.html":
+        if page_name == "classics/rope.html":
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "rope.png"), full_page=True)
     finally:

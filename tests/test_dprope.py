@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from posexplorer.core import FrequencyRotary, get, inv_freq
-from posexplorer.encodings.context.dprope import DPRoPE, COUNT_EPS, distribution_disturbance, pair_histograms
+from posexplorer.encodings.context.dprope import DPRoPE, COUNT_EPS, pair_histograms
+from posexplorer.encodings.context.dprope import distribution_disturbance
 
 pytestmark = pytest.mark.filterwarnings("ignore:reduction:UserWarning")  # F.kl_div(reduction='mean'), as the authors call it
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get, rotate, inv_freq
-from posexplorer.encodings.learned.drope import DRoPE, drope_frequencies, agent_positions, heading_score_plot, _heading_scores
+from posexplorer.encodings.learned.drope import DRoPE, drope_frequencies, agent_positions
+from posexplorer.figures.drope import heading_score_plot, _heading_scores
 from posexplorer.ops.rotary import apply_rotary_positions
 from posexplorer.ops.attention import attention_logits
 
@@ -143,7 +144,7 @@ def test_bad_input(call, exc, msg):
 # ---- training: the learned heading preference survives ψ → ψ + 2πm -----------------------------------------
 def test_training_heading_match_is_periodic():
     "One learned q, k (d = 8): the loss falls; DRoPE's accuracy on headings moved by multiples of 2π equals its train accuracy"
-    from posexplorer.encodings.learned.drope import heading_task, train_heading_match, heading_match_accuracy, heading_match_logits
+    from posexplorer.tools.train_drope import heading_task, train_heading_match, heading_match_accuracy, heading_match_logits
     psi, tgt = heading_task(n_scenes=96, seed=2)
     psi_wr = psi + 2 * math.pi * torch.randint(-3, 4, psi.shape, generator=torch.Generator().manual_seed(3)).double()
     enc = get("drope", dim=8, heading_pairs=4)

@@ -61,11 +61,15 @@ def test_twenty_steps_lower_the_loss():
     losses = train(TinyLM("rope"), check_config(c), progress=False)
     assert len(losses) == 20 and sum(losses[-5:]) / 5 < losses[0] - 0.2, losses
 
-def test_t5_table_is_learned():
-    lm = TinyLM("t5")
-    t0 = lm.pos_table.detach().clone()
-    train(lm, check_config(TrialConfig(task="copy", encoding="t5", steps=3, batch_size=4)), progress=False)
-    assert lm.encoding.table is lm.pos_table and not torch.equal(t0, lm.pos_table.detach())
+@pytest.mark.parametrize("name, attr", [("t5", "table"), ("learned", "weight")])
+def test_learned_tables_train_with_the_model(name, attr):
+    "T5's bias table and the learned APE table are nn.Parameters of nn.Module encodings: the model's own, and training moves them"
+    lm = TinyLM(name)
+    table = getattr(lm.encoding, attr)
+    assert isinstance(lm.encoding, torch.nn.Module) and isinstance(table, torch.nn.Parameter) and any(p is table for p in lm.parameters())
+    t0 = table.detach().clone()
+    train(lm, check_config(TrialConfig(task="copy", encoding=name, steps=3, batch_size=4)), progress=False)
+    assert getattr(lm.encoding, attr) is table and not torch.equal(t0, table.detach())
 
 # ---- results --------------------------------------------------------------------------------------------
 def test_results_round_trip_through_json(tmp_path):

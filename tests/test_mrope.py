@@ -10,7 +10,8 @@ from posexplorer.core import angles, get, inv_freq, rotate
 from posexplorer.ops.attention import attention_logits
 from posexplorer.ops.rotary import apply_rotary_positions
 from posexplorer.encodings.spacetime.mrope import (MRoPE, MRoPEInterleaved, mrope_position_ids, contiguous_axes, interleaved_axes,
-                                    scaled_sections, position_ids_plot, grid_attention_map)
+                                    scaled_sections)
+from posexplorer.figures.mrope import position_ids_plot, grid_attention_map
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # Triton runs on CUDA tensors, or interpreted on CPU tensors (conftest)
 ENCODINGS = ["mrope", "mrope_interleaved"]

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 from posexplorer.core import get
-from posexplorer.encodings.coordinates.neurbf import (FourierFeatures, NeuRBF, fit_image, log_freqs, mlp, n_params, pixel_grid, psnr, rbf_ivq,
+from posexplorer.encodings.coordinates.neurbf import (FourierFeatures, NeuRBF, log_freqs, mlp, n_params, pixel_grid, rbf_ivq,
     synthetic_image, weighted_kmeans)
+from posexplorer.tools.train_neurbf import fit_image, psnr
 
 @pytest.fixture(autouse=True)
 def _seed(): torch.manual_seed(0)

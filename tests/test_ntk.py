@@ -6,7 +6,8 @@ import pytest
 import torch
 from posexplorer.core import angles, get, inv_freq, rotate
 from posexplorer.ops.attention import attention_logits
-from posexplorer.encodings.context.ntk import NTKRoPE, DynamicNTKRoPE, ntk_base, sequence_length, cached_key_drift, cached_logit_change, cache_drift_plot
+from posexplorer.encodings.context.ntk import NTKRoPE, DynamicNTKRoPE, ntk_base, sequence_length, cached_key_drift, cached_logit_change
+from posexplorer.figures.ntk import cache_drift_plot
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

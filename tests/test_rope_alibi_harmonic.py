@@ -10,7 +10,8 @@ from conftest import TOL
 from posexplorer.core import get, rotate
 from posexplorer.ops.attention import attend, attention_logits
 from posexplorer.encodings.classics.bias import alibi_slopes
-from posexplorer.encodings.classics.rope_alibi_harmonic import RopeAlibiHarmonic, harmonic_slopes, logit_vs_distance, head_slopes_plot
+from posexplorer.encodings.classics.rope_alibi_harmonic import RopeAlibiHarmonic, harmonic_slopes
+from posexplorer.figures.rope_alibi_harmonic import logit_vs_distance, head_slopes_plot
 
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -7,7 +7,8 @@ import torch
 from conftest import TOL
 from posexplorer.core import get
 from posexplorer.encodings.spacetime.axial2d import grid_positions
-from posexplorer.encodings.spacetime.rpe2d import sampled_positions, positions_figure
+from posexplorer.encodings.spacetime.rpe2d import sampled_positions
+from posexplorer.figures.rpe2d import positions_figure
 from posexplorer.ops.attention import attention_logits
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from posexplorer.core import get, names
 from posexplorer.encodings.learned.seqpe import (SeqPE, contrastive_batch, contrastive_loss, digit_count, digits_to_position,
-                               position_digits, train_seqpe, transfer_batch, transfer_loss)
+                               position_digits, transfer_batch, transfer_loss)
+from posexplorer.tools.train_seqpe import train_seqpe
 
 pytestmark = pytest.mark.filterwarnings("ignore:reduction:UserWarning")  # F.kl_div(reduction='mean'), as the authors call it
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get
-from posexplorer.encodings.spacetime.star import star_positions, scales_overlay
+from posexplorer.encodings.spacetime.star import star_positions
+from posexplorer.figures.star import scales_overlay
 from posexplorer.encodings.spacetime.axial2d import grid_positions
 from posexplorer.ops.attention import attention_logits
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import TOL
 from posexplorer.core import get
 from posexplorer.encodings.learned.ucpe import (UCPE, world_to_ray, pinhole_directions, ray_positions, camera_pose, two_cameras, random_rigid,
-                              ray_frame_figure, ray_logit_map, _frames, _invert_se3, _launch_ucpe)
+                              ray_frames, invert_se3, _launch_ucpe)
+from posexplorer.figures.ucpe import ray_frame_figure, ray_logit_map
 from posexplorer.ops.attention import attention_logits, attend
 
 @pytest.fixture(autouse=True)
@@ -44,7 +45,7 @@ def test_ray_frames_match_repo_recipe(cam):
 def _repo_maps(x, P, cols, rows, base, kind):
     "x (B, H, T, D); P (T, 4, 4) world->ray; the repo's block-diagonal maps: 'q' (Pᵀ), 'kv' (P⁻¹), 'o' (P, inverse RoPE)"
     D = x.shape[-1]
-    M = {"q": P.transpose(-1, -2), "kv": _invert_se3(P), "o": P}[kind]
+    M = {"q": P.transpose(-1, -2), "kv": invert_se3(P), "o": P}[kind]
     a = torch.einsum("tij,bhtpj->bhtpi", M, x[..., : D // 2].reshape(*x.shape[:3], D // 8, 4)).reshape(*x.shape[:3], D // 2)
     n = D // 8
     freqs = base ** (-torch.arange(n, dtype=torch.float64) / n)
@@ -62,7 +63,7 @@ def test_maps_match_repo_logic_and_sdpa(D, counts):
     pos = ray_positions(_cams()[: len(counts)], counts).double()
     T = pos.shape[-1]
     q, k, v = (torch.randn(2, T, 3, D, dtype=torch.float64) for _ in range(3))  # (B, T, H, D)
-    P, patch = _frames(pos)
+    P, patch = ray_frames(pos)
     def theirs(x, kind): return _repo_maps(x.transpose(1, 2), P[0], patch[0, 0], patch[1, 0], 100.0, kind).transpose(1, 2)
     q1, k1 = enc.transform(q, k, pos)
     torch.testing.assert_close(q1, theirs(q, "q"), **TOL[torch.float64])
@@ -169,7 +170,7 @@ def test_kernel_gradient_and_attend():
     torch.testing.assert_close(attend(q, k, v, enc, backend="triton"), attend(q, k, v, enc, backend="torch"), **TOL[torch.float32])
 
 def test_bench_runs():
-    from posexplorer.encodings.learned.ucpe import bench_ucpe
+    from posexplorer.tools.bench_ucpe import bench_ucpe
     rows = bench_ucpe(T=32, H=2, D=16, budget=0.02)
     assert rows[0]["backend"] == "torch" and rows[0]["ms"] > 0
 
@@ -217,7 +218,7 @@ def test_bad_input(call, exc, msg):
 # ---- training: a learned ray matching survives a global rigid motion ---------------------------------------
 def test_training_ray_match_is_rigid_invariant():
     "UCPE on one learned q, k: the loss falls, and after one rigid motion of every rig the logits (so the answers) are unchanged"
-    from posexplorer.encodings.learned.ucpe import ray_rigs, rig_tokens, train_ray_match, ray_match_logits
+    from posexplorer.tools.train_ucpe import ray_rigs, rig_tokens, train_ray_match, ray_match_logits
     rigs = ray_rigs(24, seed=5)
     pos, rays, tgt = rig_tokens(rigs, n=9)
     pos2, rays2, tgt2 = rig_tokens(rigs, n=9, motion=random_rigid(7))

@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from conftest import TOL
 from posexplorer.core import get
 from posexplorer.ops.attention import attend
-from posexplorer.encodings.classics.urpe import URPE, position_readout_plot, toeplitz_map, urpe_attention_map
+from posexplorer.encodings.classics.urpe import URPE
+from posexplorer.figures.urpe import position_readout_plot, toeplitz_map, urpe_attention_map
 
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

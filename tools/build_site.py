@@ -1,47 +1,47 @@
-"""Build the posexplorer docs site into `_docs/` without Quarto (`make site`).
+"""Build the posexplorer docs site into `_docs/` without Quarto (`make site`); `make test` runs the notebooks here.
 
-    .venv/bin/python tools/build_site.py --out _docs [--workers 2] [nbs/10_rope.ipynb ...]
+    .venv/bin/python tools/build_site.py --out _docs [--workers 2] [context/yarn spacetime/mrope ...]
 
-`make docs` (nbdev-docs) needs the Quarto binary, which these machines cannot install, so this script
-renders the same pages with standard tools, every asset served from `_docs/` itself:
+`make docs` (nbdev-docs) needs the Quarto binary, which these machines cannot install, so this script renders the
+same pages with standard tools, every asset served from `_docs/` itself:
 
-1. **Process** each notebook with nbdev's own docs processors (`nbdev.processors.FilterDefaults`: what
-   `nbdev-proc-nbs` runs on every notebook): frontmatter from the `# title` / `> description` cell, `#| hide` and
-   `#| export` cells removed (exported symbols are documented by the `show_doc` cells nbdev adds after them),
-   `#| exports` shown folded, backticked names linked to their docs. We call the processors rather than the
-   `nbdev-proc-nbs` command, which is unworkable here: it first tries to download and install Quarto (root and the
-   internet), writes `nbs/nbdev.yml` and rebuilds `posexplorer/_modidx.py` as side effects.
-2. **Execute**, inside that processing: nbdev's `exec_show_docs` step (which re-runs only exported cells, cells with
-   an import and show_doc cells in an in-process shell, over notebooks whose outputs are cleared in git) is
-   replaced by running the whole notebook, the show_doc cells included, in order, in a fresh Jupyter kernel
-   (nbclient), cwd `nbs/`, with `TRITON_INTERPRET=1` and `PLOTLY_RENDERER=plotly_mimetype`. The cells left out are
-   exactly those nbdev-test leaves out (nbdev's own predicate): flags in pyproject's `[tool.nbdev] tst_flags`
-   (`notest slow cuda`), `#| eval: false`, `skip_exec` frontmatter. A cell that raises stops the build with a
-   non-zero exit, naming the notebook and the cell. Cells that nbdev-docs' own show_doc pass would run out of
-   context (an import plus code that reads earlier cells' names) are reported as warnings.
-3. **Render** with nbconvert's HTMLExporter ("basic" template: body only) and honour the Quarto cell options that
-   nbdev leaves for Quarto (`echo: false`, `output: false`, `include: false`, `code-fold`, `code-summary`;
-   `output: asis` markdown is rendered as markdown). Pandoc-isms in markdown (`[text](url){attrs}`, `:::` fenced
-   divs) become HTML; heading ids follow Pandoc's rule, so nbdev's doc links (`core.html#inv_freq`) are rewritten
-   to our page names (`00_core.html#inv_freq`). Plotly outputs become a `div.plotly-graph-div` plus a
-   `Plotly.newPlot` call (plotly.js copied from the installed `plotly` package), `$...$` / `$$...$$` math is
-   typeset by a local MathJax 3 (`.site-deps`, installed by the Makefile).
-4. **Wrap** each body in our page template: a sidebar built from `nbs/_quarto.yml` (`website.sidebar.contents`;
-   entries whose notebook does not exist yet are skipped, notebooks not listed go under "Other"), the page title
-   and description, an "On this page" list, `style.css` and nbconvert's pygments CSS. `index.ipynb` becomes
-   `index.html`, `NN_name.ipynb` becomes `NN_name.html`.
+1. **Process** each notebook with nbdev's own docs processors (`nbdev.processors.FilterDefaults`, what
+   `nbdev-proc-nbs` runs): front matter from the `# title` / `> description` cell, `#| hide` and `#| export` cells
+   removed, `show_doc` cells added, backticked names linked to their docs. (`nbdev-proc-nbs` itself tries to
+   download Quarto and rewrites `_modidx.py`, so the processors are called directly.)
+2. **Execute** it, inside that processing: nbdev's `exec_show_docs` step is replaced by running the whole notebook,
+   show_doc cells included, in a fresh Jupyter kernel (nbclient), cwd the notebook's own folder (as Jupyter and
+   nbdev-test open it), with `TRITON_INTERPRET=1`, `PLOTLY_RENDERER=plotly_mimetype`, `POSEXPLORER_STATIC=1`. The
+   cells left out are those nbdev-test leaves out (its own predicate): pyproject's `tst_flags` (`notest slow cuda`),
+   `#| eval: false`, `skip_exec` front matter. A cell that raises fails the build (non-zero exit) naming the
+   notebook and the cell; every notebook still runs, so one build lists every failure. This is the test of the
+   notebooks in `make test`. Results are cached by content with jupyter-cache (`.jupyter_cache/`): the key is the
+   code cells sent to the kernel (which cells are skipped included) plus a hash of everything else they read (every
+   file under `posexplorer/`, the data under `nbs/`, requirements.lock, pyproject.toml), so a rebuild with nothing
+   changed executes nothing. Cells that nbdev-docs' own show_doc pass would run out of context are warned about.
+3. **Render** with nbconvert's HTMLExporter and its "classic" full-page template, extended by
+   `tools/templates/posexplorer/` (sidebar, header, table of contents, pager, local plotly.js and MathJax 3). Quarto
+   cell options nbdev leaves for Quarto are honoured (`echo`/`output`/`include: false`, `code-fold`, `fig-cap`),
+   Pandoc-isms in markdown (`[text](url){attrs}`, `:::` divs) become HTML, headings get Pandoc's ids (nbdev's doc
+   links point at them), plotly outputs become a div plus `Plotly.newPlot`, widgets a note.
+4. **Lay out** the site as nbs/ is laid out: `nbs/context/yarn.ipynb` -> `_docs/context/yarn.html`, `index.html`
+   at the root; every link and asset is relative (`folder/name.ipynb` links, written relative to the notebook's
+   folder or to nbs/, and nbdev's doc links become relative `.html` links). The sidebar's sections and order come
+   from tools/sidebar.py (GROUPS' folders, then each notebook's `order:` front matter).
 
 Every page is checked before it is written: no `src`/`<link href>` may point off the machine (no CDN).
-Notebooks run two at a time (`--workers`). `build(out, nbs)` is the same thing as a library call.
+`build(out, nbs)` is the same thing as a library call.
 """
 from __future__ import annotations
 
-import argparse, base64, concurrent.futures as cf, html, json, mimetypes, multiprocessing as mp, os, re, shutil, sys
-import tempfile, time, traceback
+import argparse, base64, concurrent.futures as cf, hashlib, html, json, mimetypes, multiprocessing as mp, os
+import posixpath, re, shutil, sys, tempfile, time, traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
+TEMPLATES = ROOT / "tools" / "templates"  # nbconvert template folder: posexplorer/ extends nbconvert's "classic"
+CACHE_DIR = ROOT / ".jupyter_cache"
 MATHJAX_DIR = ROOT / ".site-deps" / "node_modules" / "mathjax" / "es5"
 EXEC_ENV = {"TRITON_INTERPRET": "1", "PLOTLY_RENDERER": "plotly_mimetype", "POSEXPLORER_STATIC": "1"}  # static: `app.live` draws no widgets
 CELL_TIMEOUT = 600  # seconds, as nbdev-test
@@ -57,46 +57,28 @@ class BuildError(RuntimeError):
     "A notebook failed to execute or render"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Project settings
-# ----------------------------------------------------------------------------------------------------------------
 def nbdev_config():
     "nbdev's view of pyproject's [tool.nbdev] (with its defaults)"
     from nbdev.config import get_config
     return get_config(ROOT)
 
 
-def skip_flags() -> list[str]:
-    "nbdev's tst_flags: cells carrying one of these directives are not run"
-    f = nbdev_config().get("tst_flags", "") or ""
-    return f.split() if isinstance(f, str) else list(f)
-
-
-def notebooks() -> list[Path]:
-    "Every notebook of the project, as nbdev globs them (names starting with `_` or `.` are skipped)"
-    return sorted(p for p in NBS.glob("*.ipynb") if not p.name.startswith(("_", ".")))
-
-
-def page_name(nb: Path) -> str:
-    "The html page of a notebook: `classics/rope.ipynb` -> `10_rope.html`"
-    return nb.with_suffix(".html").name
+def page_path(nb: Path) -> str:
+    "The page of a notebook, relative to the site root: nbs/context/yarn.ipynb -> `context/yarn.html` (nbdev's rule)"
+    from nbdev.config import nbpath2html
+    return nbpath2html(Path(nb).resolve().relative_to(NBS)).as_posix()
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The executor (shared with tools/build_readme.py)
+# The executor (shared with tools/build_readme.py) and its cache
 # ----------------------------------------------------------------------------------------------------------------
 def skip_predicate(nb, flags: list[str] | None = None):
-    """nbdev-test's rule for the cells it leaves out of `nb` (read by nbdev's NBProcessor): cells with a flag in
-    `flags` (default: pyproject's tst_flags), `#| eval: false` cells, every cell under `skip_exec` frontmatter"""
-    flags = skip_flags() if flags is None else flags
-    try:
-        from nbdev.test import _skip_cell  # nbdev's own predicate, so the docs run what the tests run
-        return _skip_cell(nb, flags)
-    except ImportError:  # pragma: no cover - a future nbdev without it: the same rule by hand
-        def skip(c):
-            d = getattr(c, "directives_", None) or {}
-            return c.cell_type != "code" or set(flags) & d.keys() or str(d.get("eval", "")).lower() == "false"
-        return skip
+    "nbdev-test's own rule for the cells it leaves out of `nb`: tst_flags (default pyproject's), eval: false, skip_exec"
+    from nbdev.test import _skip_cell
+    if flags is None:
+        f = nbdev_config().get("tst_flags", "") or ""
+        flags = f.split() if isinstance(f, str) else list(f)
+    return _skip_cell(nb, flags)
 
 
 def cells_to_skip(path: Path, flags: list[str] | None = None) -> set[int]:
@@ -107,21 +89,22 @@ def cells_to_skip(path: Path, flags: list[str] | None = None) -> set[int]:
     return {i for i, c in enumerate(nb.cells) if c.cell_type == "code" and skip(c)}
 
 
-def execute_notebook(nb, cwd: Path = NBS, timeout: int = CELL_TIMEOUT, flags: list[str] | None = None,
+def execute_notebook(nb, cwd: Path | None = None, timeout: int = CELL_TIMEOUT, flags: list[str] | None = None,
                      env: dict | None = None, skip: set[int] | None = None, name: str | None = None):
-    """Run a notebook (a path, or an nbformat notebook with `skip` and `name`) in a fresh Jupyter kernel, cwd `cwd`,
-    env `os.environ` + `EXEC_ENV` + `env`, leaving out the code cells nbdev-test leaves out (`skip`: their indices).
-    Returns the executed nbformat notebook; raises `BuildError` naming the notebook and the cell that raised."""
+    """Run a notebook (a path, or an nbformat notebook with `skip` and `name`) in a fresh Jupyter kernel, cwd `cwd`
+    (default: the notebook's folder, else nbs/), env `os.environ` + `EXEC_ENV` + `env`, leaving out the code cells
+    nbdev-test leaves out (`skip`: their indices). Returns the executed notebook; raises `BuildError` naming the
+    notebook and the cell that raised."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from jupyter_client.manager import AsyncKernelManager
 
     if isinstance(nb, (str, Path)):
-        path = Path(nb)
-        nb, name = nbformat.read(path, as_version=4), name or path.name
+        path = Path(nb).resolve()
+        nb, name, cwd = nbformat.read(path, as_version=4), name or path.name, cwd or path.parent
         if skip is None: skip = cells_to_skip(path, flags)
-    skip, name = skip or set(), name or "notebook"
+    skip, name, cwd = skip or set(), name or "notebook", cwd or NBS
 
     class Client(NotebookClient):
         current = None
@@ -142,7 +125,7 @@ def execute_notebook(nb, cwd: Path = NBS, timeout: int = CELL_TIMEOUT, flags: li
     kenv = {**os.environ, **EXEC_ENV, **(env or {})}
     kenv.pop("IN_TEST", None)  # docs show the full notebook, not its test-time shortcuts
     with tempfile.TemporaryDirectory(prefix="posx-kernel-") as tmp:
-        client = Client(nb, timeout=timeout, allow_errors=False, resources={"metadata": {"path": str(cwd)}})
+        client = Client(nb, timeout=timeout, allow_errors=False, record_timing=False, resources={"metadata": {"path": str(cwd)}})
         client.sockdir = tmp
         try:
             client.execute(env=kenv)
@@ -156,6 +139,34 @@ def execute_notebook(nb, cwd: Path = NBS, timeout: int = CELL_TIMEOUT, flags: li
                 msg = "--- cell source ---\n" + cell.source + "\n--- error ---\n" + msg
             raise BuildError(f"{name}: {where} raised {type(e).__name__}\n{msg}") from None
     return nb
+
+
+def inputs_key() -> str:
+    "A hash of what the notebooks read besides their own cells: posexplorer/, data under nbs/, the pinned tools"
+    h = hashlib.sha256(json.dumps(sorted(EXEC_ENV.items())).encode())
+    files = [p for p in (ROOT / "posexplorer").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    files += [p for p in NBS.rglob("*") if p.is_file() and p.suffix != ".ipynb" and p.name != "_quarto.yml"
+              and not any(s.startswith(".") for s in p.relative_to(NBS).parts)]
+    for p in sorted(files) + [ROOT / "requirements.lock", ROOT / "pyproject.toml"]:
+        if p.is_file(): h.update(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def execute_cached(node, path: Path, skip: set[int], key: str):
+    """`execute_notebook` through jupyter-cache: jupyter-cache hashes the code cells with their metadata, so the
+    skipped cells are marked there and `key` (`inputs_key()`) is stored on the first cell. Returns (notebook whose
+    code cells carry the outputs, whether it ran)."""
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+    node.cells[0].metadata["posx_inputs"] = key
+    for i in skip: node.cells[i].metadata["posx_skip"] = True
+    cache = get_cache(str(CACHE_DIR))
+    try: return cache.get_cache_bundle(cache.match_cache_notebook(node).pk).nb, False
+    except KeyError: pass
+    name = path.relative_to(NBS).as_posix()
+    done = execute_notebook(node, cwd=path.parent, skip=skip, name=name)
+    cache.cache_notebook_bundle(CacheBundleIn(done, uri=name), check_validity=False, overwrite=True)
+    return done, True
 
 
 _re_ansi = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -223,8 +234,8 @@ def _nbdev_docs_lint(nb, name: str, ids: dict, skip) -> list[str]:
     return out
 
 
-def _processor():
-    "nbdev's docs processors, with `exec_show_docs` replaced by running the whole notebook in a kernel"
+def _processor(key: str):
+    "nbdev's docs processors, with `exec_show_docs` replaced by running the whole notebook in a kernel (cached)"
     from nbdev.process import Processor
     from nbdev.processors import FilterDefaults, exec_show_docs
     from fastcore.nbio import dict2nb
@@ -233,23 +244,22 @@ def _processor():
         "Run every cell (the show_doc cells nbdev added included) in order in one Jupyter kernel"
         def begin(self):
             import nbformat
-            nb, name = self.nb, Path(self.nb.path_).name
-            ids = {c.get("id"): i for i, c in enumerate(json.loads(Path(nb.path_).read_text())["cells"])}
+            nb, path = self.nb, Path(self.nb.path_).resolve()
+            name = path.relative_to(NBS).as_posix()
+            ids = {c.get("id"): i for i, c in enumerate(json.loads(path.read_text())["cells"])}
             skip = skip_predicate(nb)
-            self.nb.lint_ = _nbdev_docs_lint(nb, name, ids, skip)
+            nb.lint_ = _nbdev_docs_lint(nb, name, ids, skip)
             node = _to_nbformat(nb)
             node.cells.insert(0, nbformat.v4.new_code_cell("from nbdev.showdoc import show_doc"))
-            skipped = {i + 1 for i, c in enumerate(nb.cells) if c.cell_type == "code" and skip(c)}
             for c in node.cells[1:]:
-                if c.cell_type == "code" and c.get("id") in ids:
-                    c.metadata["posx_where"] = f"cell {ids[c['id']]} (id {c['id']})"
-                elif c.cell_type == "code":
-                    c.metadata["posx_where"] = "a show_doc cell added by nbdev"
-            ex = execute_notebook(node, skip=skipped, name=name)
-            done = dict2nb({"cells": [dict(c) for c in json.loads(nbformat.writes(ex, version=4))["cells"][1:]],
-                            "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
-            for c, e in zip(nb.cells, done.cells):
-                if c.cell_type == "code": c["outputs"], c["execution_count"] = e.get("outputs", []), e.get("execution_count")
+                if c.cell_type == "code":
+                    c.metadata["posx_where"] = (f"cell {ids[c['id']]} (id {c['id']})" if c.get("id") in ids
+                                                else "a show_doc cell added by nbdev")
+            skipped = {i + 1 for i, c in enumerate(nb.cells) if c.cell_type == "code" and skip(c)}
+            done, nb.executed_ = execute_cached(node, path, skipped, key)
+            codes = [c for c in dict2nb(json.loads(nbformat.writes(done))).cells if c.cell_type == "code"][1:]
+            for c, e in zip([c for c in nb.cells if c.cell_type == "code"], codes):
+                c["outputs"], c["execution_count"] = e.get("outputs", []), e.get("execution_count")
 
     class Filter(FilterDefaults):
         def base_procs(self): return [exec_in_kernel if p is exec_show_docs else p for p in super().base_procs()]
@@ -383,35 +393,12 @@ def prepare_cells(nb, stem: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# nbconvert
+# Rendering: nbconvert's classic page, our template (tools/templates/posexplorer)
 # ----------------------------------------------------------------------------------------------------------------
-_TEMPLATE = r"""{%- extends 'basic/index.html.j2' -%}
-{% block input_group -%}
-{%- set px = cell.metadata.get('posx', {}) -%}
-{%- if px.get('hide_input') -%}
-{%- elif px.get('fold') -%}
-<details class="code-fold"{{ ' open' if px.get('fold') == 'show' else '' }}><summary>{{ px.get('summary') | e }}</summary>
-{{ super() }}
-</details>
-{%- else -%}
-{{ super() }}
-{%- endif -%}
-{%- endblock input_group %}
-{% block output_group -%}
-{{ super() }}
-{%- if cell.metadata.get('posx', {}).get('caption') %}
-<p class="fig-cap">{{ cell.metadata['posx']['caption'] | e }}</p>
-{%- endif -%}
-{%- endblock output_group %}
-"""
-
-
 def _exporter():
-    import jinja2
     from nbconvert import HTMLExporter
-    return HTMLExporter(extra_loaders=[jinja2.DictLoader({"posexplorer.html.j2": _TEMPLATE})],
-                        template_file="posexplorer.html.j2", exclude_input_prompt=True,
-                        exclude_output_prompt=True, sanitize_html=False)
+    return HTMLExporter(template_name="posexplorer", extra_template_basedirs=[str(TEMPLATES)],
+                        exclude_input_prompt=True, exclude_output_prompt=True, sanitize_html=False)
 
 
 def _slug(text: str, seen: dict) -> str:
@@ -423,264 +410,51 @@ def _slug(text: str, seen: dict) -> str:
     return s if n == 0 else f"{s}-{n}"
 
 
-def postprocess(body: str, links: dict[str, str], site_url: str) -> tuple[str, list, list]:
-    """Pandoc heading ids, local doc links, `.ipynb` links, local images inlined; returns the body, its
-    (level, id, text) headings and the local images that do not exist"""
+def _href(target: str, page: str) -> str:
+    "A site-root-relative `target` as seen from `page` (both relative to the site root)"
+    path, _, frag = target.partition("#")
+    return posixpath.relpath(path, posixpath.dirname(page) or ".") + (f"#{frag}" if frag else "")
+
+
+def postprocess(page_html: str, nb: Path, site_url: str, pages: set[str]) -> tuple[str, list[str]]:
+    """Pandoc heading ids and the table of contents, local images inlined, `.ipynb` links and nbdev's doc links made
+    relative `.html` links. Returns the page and what it could not resolve."""
     from bs4 import BeautifulSoup
-    soup = BeautifulSoup(body, "html.parser")
-    seen, toc, missing = {}, [], []
-    for h in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):
+    soup = BeautifulSoup(page_html, "html.parser")
+    page, body, seen, missing = page_path(nb), soup.find("article", class_="page-body"), {}, []
+    toc = soup.find("nav", class_="page-toc")
+    for h in body.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):
         for a in h.find_all("a", class_="anchor-link"): a.decompose()
         text = h.get_text(" ", strip=True)
-        hid = _slug(text, seen)
-        h["id"] = hid
+        h["id"] = hid = _slug(text, seen)
         a = soup.new_tag("a", href=f"#{hid}", **{"class": "anchor-link"}); a.string = "¶"
         h.append(a)
-        if h.name in ("h2", "h3") and not h.find_parent(class_="output_area"): toc.append((int(h.name[1]), hid, text))
-    for img in soup.find_all("img", src=True):  # local images in markdown: inline them (nbconvert's embed_images
-        src = img["src"]                          # re-parses raw HTML blocks and breaks `<div>` fragments)
-        f = NBS / src
+        if h.name in ("h2", "h3") and not h.find_parent(class_="output_area"):
+            li = soup.new_tag("li", **{"class": f"l{h.name[1]}"}); link = soup.new_tag("a", href=f"#{hid}")
+            link.string = text; li.append(link); toc.ul.append(li)
+    if len(toc.ul.find_all("li")) < 2: toc.decompose()
+
+    def local(src: str) -> Path | None:
+        "A path written relative to the notebook's folder, or (the project's convention) to nbs/"
+        f = (nb.parent / src).resolve()
+        return f if f.exists() else (NBS / src).resolve() if (NBS / src).exists() else None
+    for img in body.find_all("img", src=True):  # inlined: nbconvert's embed_images re-parses raw HTML blocks
+        src = img["src"]
         if "://" in src or src.startswith("data:"): continue
-        if not f.is_file():
-            missing.append(src); continue
+        if not (f := local(src)) or not f.is_file(): missing.append(f"image {src}"); continue
         mime = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
         img["src"] = f"data:{mime};base64,{base64.b64encode(f.read_bytes()).decode()}"
-    for a in soup.find_all("a", href=True):
+    for a in body.find_all("a", href=True):
         href = a["href"]
-        if site_url and href.startswith(site_url):
-            page, _, frag = href[len(site_url):].partition("#")
-            if page in links: a["href"] = links[page] + (f"#{frag}" if frag else "")
-            continue
-        if "://" in href or href.startswith(("#", "mailto:", "data:")): continue
-        page, _, frag = href.partition("#")
-        if page.endswith(".ipynb"): a["href"] = Path(page).with_suffix(".html").as_posix() + (f"#{frag}" if frag else "")
-    return str(soup), toc, missing
-
-
-def render_notebook(path: str, links: dict[str, str], site_url: str) -> dict:
-    "Execute, process and convert one notebook: {'page', 'title', 'description', 'body', 'toc', 'plotly', 'lint', ...}"
-    from fastcore.nbio import read_nb
-    t0 = time.time()
-    path = Path(path)
-    fnb = read_nb(path)
-    _processor()(fnb)  # nbdev's docs processing, executing the notebook on the way (see the module docstring)
-    nb = _to_nbformat(fnb)
-    info = prepare_cells(nb, path.stem)
-    body, _ = _exporter().from_notebook_node(nb, resources={"metadata": {"path": str(NBS), "name": path.stem}})
-    body, toc, missing = postprocess(body, links, site_url)
-    lint = list(getattr(fnb, "lint_", []) or []) + [f"{path.name}: image {m} not found (paths are relative to nbs/)"
-                                                     for m in missing]
-    return {**info, "page": page_name(path), "body": body, "toc": toc, "seconds": time.time() - t0,
-            "math": "$" in body or "\\(" in body or "\\[" in body, "lint": lint}
-
-
-def _worker_init():
-    "Workers run nbdev's processors: the project's config is found from nbs/, env as the kernels"
-    os.environ.update(EXEC_ENV)
-    os.chdir(NBS)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sidebar and page
-# ----------------------------------------------------------------------------------------------------------------
-def nb_title(path: Path) -> str:
-    "The `# Title` of a notebook's first markdown cell (nbdev's frontmatter title), else its name"
-    try:
-        for c in json.loads(path.read_text())["cells"]:
-            if c["cell_type"] == "markdown":
-                src = "".join(c["source"])
-                if m := re.search(r"^\s*#\s+(.+?)\s*$", src, re.M): return m[1]
-                break
-            if c["cell_type"] == "raw" and (m := re.search(r"^title:\s*(.+?)\s*$", "".join(c["source"]), re.M)):
-                return m[1].strip("\"'")
-    except Exception: pass
-    return path.stem
-
-
-def sidebar_groups(available: list[Path]) -> list[tuple[str, list[tuple[str, Path]]]]:
-    """Groups `[(section, [(label, notebook)])]` from nbs/_quarto.yml's `website.sidebar.contents`; entries whose
-    notebook does not exist are skipped, notebooks not listed go under "Other"."""
-    import yaml
-    q = NBS / "_quarto.yml"
-    conf = yaml.safe_load(q.read_text()) if q.exists() else {}
-    contents = ((conf or {}).get("website", {}).get("sidebar", {}) or {}).get("contents", []) or []
-    avail = {p.name: p for p in available}
-    groups, listed = [], set()
-
-    def entry(e):
-        if isinstance(e, str): href, text = e, None
-        elif isinstance(e, dict) and "href" in e: href, text = e["href"], e.get("text")
-        else: return None
-        name = Path(href).name
-        if name not in avail: return None
-        listed.add(name)
-        return (text or nb_title(avail[name]), avail[name])
-
-    loose = []
-    for e in contents:
-        if isinstance(e, dict) and "section" in e:
-            items = [x for x in map(entry, e.get("contents", []) or []) if x]
-            if items: groups.append((str(e["section"]), items))
-        elif (x := entry(e)): loose.append(x)
-    if loose: groups.insert(0, ("", loose))
-    other = [(nb_title(p), p) for p in available if p.name not in listed]
-    if other: groups.append(("Other", other))
-    return groups
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{page_title}</title>
-<meta name="description" content="{description_attr}">
-<link rel="icon" href="data:,">
-<link rel="stylesheet" href="pygments.css">
-<link rel="stylesheet" href="style.css">
-{head}
-</head>
-<body>
-<nav class="sidebar" aria-label="Notebooks">
-<a class="site-title" href="index.html">{site}</a>
-{sidebar}
-</nav>
-<main class="content">
-<header class="page-header">
-<h1 class="title">{title}</h1>
-{description}
-</header>
-{toc}
-<article class="page-body">
-{body}
-</article>
-{pager}
-</main>
-</body>
-</html>
-"""
-
-_MATHJAX = """<script>
-window.MathJax = {
-  loader: {load: ['[tex]/textmacros']},
-  tex: {packages: {'[+]': ['textmacros']}, inlineMath: [['$', '$'], ['\\\\(', '\\\\)']], displayMath: [['$$', '$$'], ['\\\\[', '\\\\]']],
-        processEscapes: true, processEnvironments: true},
-  options: {ignoreHtmlClass: 'tex2jax_ignore|plotly-graph-div', processHtmlClass: 'tex2jax_process'},
-  chtml: {fontURL: 'mathjax/output/chtml/fonts/woff-v2'}
-};
-</script>
-<script id="MathJax-script" defer src="mathjax/tex-chtml.js"></script>"""
-
-CSS = """
-:root { --side: 250px; --fg: #212529; --muted: #6c757d; --accent: #2761a3; --border: #dee2e6; --code-bg: #f7f7f9; }
-* { box-sizing: border-box; }
-html { scroll-padding-top: 1rem; }
-body { margin: 0; color: var(--fg); font: 16px/1.6 system-ui, -apple-system, "Segoe UI", Roboto,
-       "Helvetica Neue", Arial, "Noto Sans", "Liberation Sans", sans-serif; }
-a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
-.sidebar { position: fixed; top: 0; left: 0; bottom: 0; width: var(--side); overflow-y: auto; padding: 1.2rem 1rem;
-           font-size: .92rem; }
-body { background: linear-gradient(90deg, #f8f9fa var(--side), var(--border) var(--side), var(--border) calc(var(--side) + 1px),
-                                   #fff calc(var(--side) + 1px)); }  /* the sidebar's column, full height in screenshots */
-.sidebar .site-title { display: block; font-weight: 700; font-size: 1.25rem; color: var(--fg); margin-bottom: 1rem; }
-.sidebar .section { margin: 1rem 0 .3rem; color: var(--muted); font-size: .75rem; font-weight: 600;
-                    text-transform: uppercase; letter-spacing: .06em; }
-.sidebar ul { list-style: none; margin: 0; padding: 0; }
-.sidebar li a { display: block; padding: .18rem .5rem; border-radius: 4px; color: var(--fg); }
-.sidebar li a:hover { background: #e9ecef; text-decoration: none; }
-.sidebar li a.active { background: var(--accent); color: #fff; }
-.content { margin-left: var(--side); max-width: 1000px; padding: 1.5rem 2.5rem 4rem; }
-.page-header { border-bottom: 1px solid var(--border); margin-bottom: 1.2rem; }
-.page-header .title { margin: .2rem 0 .4rem; font-size: 2.2rem; }
-.page-header .description { color: var(--muted); font-size: 1.1rem; margin: 0 0 1rem; }
-.page-toc { display: none; }
-@media (min-width: 1350px) {
-  .content { margin-right: 240px; }
-  .page-toc { display: block; position: fixed; top: 0; right: 0; width: 240px; max-height: 100vh; overflow-y: auto;
-              padding: 1.6rem 1rem; font-size: .85rem; }
-  .page-toc ul { border-left: 2px solid var(--border); padding-left: .7rem; } }
-.page-toc .toc-title { font-weight: 600; margin-bottom: .4rem; }
-.page-toc ul { list-style: none; margin: 0; } .page-toc li { margin: .15rem 0; } .page-toc li.l3 { padding-left: .8rem; }
-h1, h2, h3, h4 { line-height: 1.25; margin: 1.6rem 0 .6rem; }
-h2 { border-bottom: 1px solid #eee; padding-bottom: .2rem; }
-.anchor-link { visibility: hidden; margin-left: .3rem; font-size: .8em; color: var(--muted); }
-h1:hover .anchor-link, h2:hover .anchor-link, h3:hover .anchor-link, h4:hover .anchor-link { visibility: visible; }
-.cell { margin: .8rem 0; }
-.input_area, .highlight { background: var(--code-bg); border-radius: 6px; }
-.highlight pre, .output_text pre, pre { margin: 0; padding: .7rem .9rem; overflow-x: auto; font-size: .85rem;
-  line-height: 1.45; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace; }
-.input_area { border: 1px solid #e4e6ea; }
-.output_wrapper { margin-top: .3rem; }
-.output_text pre { background: #fff; border-left: 3px solid var(--border); }
-.output_stderr pre { background: #fff5f5; }
-code { font-size: .88em; background: var(--code-bg); padding: .08em .3em; border-radius: 3px; }
-pre code { background: none; padding: 0; }
-.rendered_html table, .text_cell_render table { border-collapse: collapse; margin: .8rem 0; font-size: .9rem; }
-.rendered_html th, .rendered_html td { border: 1px solid var(--border); padding: .3rem .6rem; text-align: left; }
-.rendered_html th { background: #f1f3f5; }
-.rendered_html img, .output_png img { max-width: 100%; }
-.output_markdown hr:first-child { border: 0; border-top: 1px solid var(--border); }
-.output_markdown h3, .output_markdown h4 { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-  font-size: 1.05rem; }
-p.fig-cap { color: var(--muted); font-style: italic; font-size: .92rem; margin: .2rem 0 1.2rem; }
-details.code-fold > summary { cursor: pointer; color: var(--muted); font-size: .85rem; margin-bottom: .2rem; }
-.plotly-graph-div { margin: .5rem 0; }
-.callout { border-left: 4px solid var(--accent); background: #f3f7fc; padding: .2rem 1rem; margin: 1rem 0;
-           border-radius: 4px; }
-.callout-warning { border-color: #e0a800; background: #fff9e6; }
-.callout-important { border-color: #c0392b; background: #fdf0ef; }
-.widget-note { color: var(--muted); font-style: italic; }
-.pager { display: flex; justify-content: space-between; border-top: 1px solid var(--border); margin-top: 3rem;
-         padding-top: 1rem; }
-@media (max-width: 900px) {
-  body { background: #fff; }
-  .sidebar { position: static; width: auto; background: #f8f9fa; border-bottom: 1px solid var(--border); }
-  .content { margin-left: 0; padding: 1rem; } }
-"""
-
-
-def _sidebar_html(groups, current: str) -> str:
-    out = []
-    for section, items in groups:
-        if section: out.append(f'<div class="section">{html.escape(section)}</div>')
-        out.append("<ul>")
-        for label, p in items:
-            pg = page_name(p)
-            cls = ' class="active" aria-current="page"' if pg == current else ""
-            out.append(f'<li><a href="{pg}"{cls}>{html.escape(label)}</a></li>')
-        out.append("</ul>")
-    return "\n".join(out)
-
-
-def _toc_html(toc) -> str:
-    if len(toc) < 2: return ""
-    items = "\n".join(f'<li class="l{lvl}"><a href="#{hid}">{html.escape(t)}</a></li>' for lvl, hid, t in toc)
-    return f'<nav class="page-toc"><div class="toc-title">On this page</div><ul>\n{items}\n</ul></nav>'
-
-
-def _pager_html(order: list[tuple[str, str]], current: str) -> str:
-    pages = [p for p, _ in order]
-    if current not in pages: return ""
-    i = pages.index(current)
-    prev = f'<a href="{order[i-1][0]}">&larr; {html.escape(order[i-1][1])}</a>' if i > 0 else "<span></span>"
-    nxt = f'<a href="{order[i+1][0]}">{html.escape(order[i+1][1])} &rarr;</a>' if i + 1 < len(order) else "<span></span>"
-    return f'<nav class="pager">{prev}{nxt}</nav>'
-
-
-def render_page(r: dict, groups, order, site: str) -> str:
-    head = []
-    if r["plotly"]: head.append('<script src="plotly.min.js"></script>')
-    if r["math"]: head.append(_MATHJAX)
-    desc = r["description"]
-    from nbconvert.filters.markdown_mistune import markdown2html_mistune
-    desc_html = markdown2html_mistune(fix_markdown(desc)).strip() if desc else ""
-    if desc_html.startswith("<p>"): desc_html = '<p class="description">' + desc_html[3:]
-    title = r["title"]
-    return _PAGE.format(
-        page_title=html.escape(site if title == site else f"{title} – {site}"),
-        description_attr=html.escape(re.sub(r"\s+", " ", desc)), head="\n".join(head), site=html.escape(site),
-        sidebar=_sidebar_html(groups, r["page"]), title=html.escape(title), description=desc_html,
-        toc=_toc_html(r["toc"]), body=r["body"], pager=_pager_html(order, r["page"]))
+        if site_url and href.startswith(site_url):  # nbdev's doc links: https://host/base/context/yarn.html#x
+            target = href[len(site_url):]
+            if target.partition("#")[0] in pages: a["href"] = _href(target, page)
+        elif "://" not in href and not href.startswith(("#", "mailto:", "data:")) and ".ipynb" in href:
+            path, _, frag = href.partition("#")
+            f = local(path)
+            if f is None or NBS not in f.parents: missing.append(f"link {href}"); continue
+            a["href"] = _href(page_path(f) + (f"#{frag}" if frag else ""), page)
+    return str(soup), missing
 
 
 def check_offline(page: str, name: str):
@@ -694,12 +468,52 @@ def check_offline(page: str, name: str):
     if bad: raise BuildError(f"{name}: page would load from off the machine (CDN?): {sorted(set(bad))[:5]}")
 
 
+def render_notebook(path: str, site_url: str, sections: list, site: str, key: str) -> dict:
+    """Execute (or take from the cache), process and render one notebook into its full page. `sections`:
+    [(section, [(title, page), ...]), ...] in reading order. Returns {'page', 'html', 'lint', 'seconds', 'executed'}"""
+    from fastcore.nbio import read_nb
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+    t0, path = time.time(), Path(path)
+    fnb = read_nb(path)
+    _processor(key)(fnb)  # nbdev's docs processing, executing the notebook on the way (see the module docstring)
+    nb = _to_nbformat(fnb)
+    info = prepare_cells(nb, path.stem)
+    page = page_path(path)
+    order = [(p, t) for _, items in sections for t, p in items]
+    i = [p for p, _ in order].index(page) if page in dict(order) else None
+    near = lambda j: (_href(order[j][0], page), order[j][1]) if i is not None and 0 <= j < len(order) else None
+    desc = info["description"]
+    desc_html = markdown2html_mistune(fix_markdown(desc)).strip() if desc else ""
+    if desc_html.startswith("<p>"): desc_html = '<p class="description">' + desc_html[3:]
+    nb.metadata["title"] = site if info["title"] == site else f"{info['title']} – {site}"
+    up = posixpath.relpath(".", posixpath.dirname(page) or ".")
+    px = dict(root="" if up == "." else up + "/", site=site, title=info["title"], description_html=desc_html,
+              description_text=re.sub(r"\s+", " ", desc), plotly=info["plotly"], math=False,
+              sidebar=[(s, [(t, _href(p, page), p == page) for t, p in items]) for s, items in sections],
+              prev=near(i - 1) if i is not None else None, next=near(i + 1) if i is not None else None)
+    text = "".join(c.source for c in nb.cells if c.cell_type == "markdown") + desc + "".join(
+        str(v) for c in nb.cells for o in c.get("outputs", []) for v in o.get("data", {}).values())
+    px["math"] = "$" in text or "\\(" in text or "\\[" in text
+    out, _ = _exporter().from_notebook_node(nb, resources={"metadata": {"path": str(path.parent), "name": path.stem},
+                                                            "posx": px})
+    out, missing = postprocess(out, path, site_url, {p for p, _ in order})
+    check_offline(out, page)
+    name = path.relative_to(NBS).as_posix()
+    lint = list(getattr(fnb, "lint_", []) or []) + [f"{name}: {m} not found" for m in missing]
+    return {"page": page, "html": out, "lint": lint, "seconds": time.time() - t0,
+            "executed": getattr(fnb, "executed_", True)}
+
+
+def _worker_init():
+    "Workers run nbdev's processors: the project's config is found from nbs/, env as the kernels"
+    os.environ.update(EXEC_ENV)
+    os.chdir(NBS)
+
+
 def copy_assets(out: Path):
-    "pygments CSS, our CSS, plotly.js from the installed plotly package, MathJax from .site-deps"
+    "Our CSS, plotly.js from the installed plotly package, MathJax from .site-deps, nbs/images"
     import plotly
-    from pygments.formatters import HtmlFormatter
-    (out / "pygments.css").write_text(HtmlFormatter(style="default").get_style_defs(".highlight") + "\n")
-    (out / "style.css").write_text(CSS.lstrip())
+    shutil.copy2(TEMPLATES / "posexplorer" / "static" / "style.css", out / "style.css")
     shutil.copy2(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", out / "plotly.min.js")
     if not (MATHJAX_DIR / "tex-chtml.js").exists():
         raise BuildError(f"MathJax is missing: run `make .site-deps/node_modules/mathjax/es5/tex-chtml.js` "
@@ -711,82 +525,72 @@ def copy_assets(out: Path):
 # ----------------------------------------------------------------------------------------------------------------
 # Build
 # ----------------------------------------------------------------------------------------------------------------
+def find_notebook(n: str, every: list[Path]) -> Path:
+    "A notebook named as a path (from here or nbs/, `.ipynb` optional) or by its name alone"
+    for p in (Path(n), NBS / n):
+        for q in (p, p.with_suffix(".ipynb")):
+            if q.is_file(): return q.resolve()
+    hits = [p for p in every if p.stem == Path(n).stem]
+    if len(hits) == 1: return hits[0]
+    raise BuildError(f"no such notebook: {n}" + (f" (which of {[p.relative_to(NBS).as_posix() for p in hits]}?)" if hits else ""))
+
+
 def build(out: Path, nbs: list | None = None, workers: int = 2, progress: bool = True) -> list[Path]:
     """Build the site into `out` (replaced): every project notebook, or only `nbs` (paths or names like
-    "10_rope"). Raises `BuildError` if a notebook fails; `out` is only touched once every page is rendered."""
+    "context/yarn"). Every notebook runs; raises `BuildError` listing those that fail, before `out` is touched."""
     from tqdm.auto import tqdm
-    out = Path(out)
-    if not out.is_absolute(): out = ROOT / out
-    every = notebooks()
-    if nbs is None: todo = every
-    else:
-        todo = []
-        for n in nbs:
-            p = Path(n)
-            if not p.suffix: p = p.with_suffix(".ipynb")
-            if not p.exists() and (NBS / p.name).exists(): p = NBS / p.name
-            if not p.exists(): raise BuildError(f"no such notebook: {n}")
-            todo.append(p.resolve())
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import sidebar
+    out = Path(out) if Path(out).is_absolute() else ROOT / out
+    every = sidebar.notebooks()
+    todo = every if nbs is None else [find_notebook(str(n), every) for n in nbs]
     if not todo: raise BuildError(f"no notebooks in {NBS}")
-
-    from nbdev.config import nbpath2html
     cfg = nbdev_config()
     site = cfg.get("title") or cfg.get("lib_name") or "posexplorer"
     site_url = f"{cfg.get('doc_host', '')}{cfg.get('doc_baseurl', '')}".rstrip("/") + "/"
-    site_nbs = {p.name: p for p in every} | {p.name: p for p in todo}  # a notebook given by path wins
-    links = {nbpath2html(p).name: page_name(p) for p in site_nbs.values()}
-    groups = sidebar_groups(sorted(site_nbs.values(), key=lambda p: p.name))
-    order = [(page_name(p), label) for _, items in groups for label, p in items]
-    # longest first (the kernels and registry notebooks), so two workers finish together
-    todo = sorted(todo, key=lambda p: -p.stat().st_size)
+    sections = [(s, [(t, page_path(p)) for t, p in items]) for s, items in sidebar.sections(sorted(set(every) | set(todo)))]
+    key = inputs_key()
+    from jupyter_cache import get_cache
+    get_cache(str(CACHE_DIR)).list_cache_records()  # create the cache's database here, not in two workers at once
+    todo = sorted(todo, key=lambda p: -p.stat().st_size)  # longest first, so that the workers finish together
 
-    results, t0 = {}, time.time()
-    # workers unpickle the task by module name: make it `build_site`, however this module was loaded
-    if str(Path(__file__).resolve().parent) not in sys.path: sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import build_site as task
-    ctx = mp.get_context("spawn")  # torch and triton do not like being forked
-    with cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo))), mp_context=ctx,
-                                initializer=task._worker_init) as pool:
-        futs = {pool.submit(task.render_notebook, str(p), links, site_url): p for p in todo}
+    results, errors, t0 = {}, [], time.time()
+    import build_site as task  # workers unpickle the task by module name: `build_site`, however this was loaded
+    with cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo))), mp_context=mp.get_context("spawn"),
+                                initializer=task._worker_init) as pool:  # spawn: torch and triton dislike fork
+        futs = {pool.submit(task.render_notebook, str(p), site_url, sections, site, key): p for p in todo}
         bar = tqdm(total=len(futs), desc="notebooks", unit="nb", disable=not progress, file=sys.stderr)
-        try:
-            for f in cf.as_completed(futs):
-                p = futs[f]
-                try: r = f.result()
-                except BuildError: raise
-                except Exception as e:
-                    tb = "".join(traceback.format_exception(e))
-                    raise BuildError(f"{p.name}: {type(e).__name__}: {e}\n{tb}") from None
-                results[p] = r
-                bar.set_postfix_str(f"{p.name} {r['seconds']:.0f}s"); bar.update()
-        except BaseException:
-            for f in futs: f.cancel()
-            raise
-        finally: bar.close()
-
-    for p, r in sorted(results.items()):
+        for f in cf.as_completed(futs):
+            name = futs[f].relative_to(NBS).as_posix()
+            try: results[name] = r = f.result()
+            except BuildError as e: errors.append(str(e)); r = None
+            except Exception as e:
+                errors.append(f"{name}: {type(e).__name__}: {e}\n{''.join(traceback.format_exception(e))}"); r = None
+            bar.set_postfix_str(f"{name} {'failed' if r is None else ('%.0fs' % r['seconds'])}"); bar.update()
+        bar.close()
+    for name, r in sorted(results.items()):
         for w in r["lint"]: print(f"warning: {w}", file=sys.stderr)
-    pages = {}
-    for p, r in results.items():
-        page = render_page(r, groups, order, site)
-        check_offline(page, r["page"])
-        pages[r["page"]] = page
+    if errors: raise BuildError(f"{len(errors)} of {len(todo)} notebook(s) failed:\n\n" + "\n\n".join(sorted(errors)))
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)
     copy_assets(out)
-    for name, page in pages.items(): (out / name).write_text(page, encoding="utf-8")
+    for r in results.values():
+        (out / r["page"]).parent.mkdir(parents=True, exist_ok=True)
+        (out / r["page"]).write_text(r["html"], encoding="utf-8")
     (out / ".nojekyll").touch()
     if progress:
-        slow = ", ".join(f"{p.name} {r['seconds']:.0f}s" for p, r in sorted(results.items(), key=lambda x: -x[1]['seconds']))
-        print(f"built {len(pages)} page(s) into {out} in {time.time() - t0:.0f}s ({slow})", file=sys.stderr)
-    return [out / n for n in pages]
+        ran = sorted(((n, r) for n, r in results.items() if r["executed"]), key=lambda x: -x[1]["seconds"])
+        print(f"built {len(results)} page(s) into {out} in {time.time() - t0:.0f}s; executed {len(ran)} notebook(s)"
+              f"{': ' if ran else ''}{', '.join('%s %.0fs' % (n, r['seconds']) for n, r in ran)}; the rest from "
+              f"{CACHE_DIR.relative_to(ROOT)}/", file=sys.stderr)
+    return [out / r["page"] for r in results.values()]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="_docs", help="output folder (replaced)")
     ap.add_argument("--workers", type=int, default=2, help="notebooks executed at once")
-    ap.add_argument("nbs", nargs="*", help="only these notebooks (default: every nbs/*.ipynb)")
+    ap.add_argument("nbs", nargs="*", help="only these notebooks, e.g. context/yarn (default: every notebook)")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import build_site  # workers unpickle `build_site.render_notebook`, not `__main__.render_notebook`

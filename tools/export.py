@@ -2,12 +2,13 @@
 
     .venv/bin/python tools/export.py
 
-Two things nbdev's own command does not do:
+What nbdev's own command does not do:
 - A notebook may export into several layers (its encoding, its kernel, its figures): `#| export core.checks` sends
   a cell to another module. nbdev appends such cells to a module that must already exist; here every module a run
   writes is started afresh the first time the run meets it, so the result does not depend on what was there.
 - `posexplorer/core/catalog.py`, the registry as data: every registered name, the module that registers it and its
   paper card, read from the `@register` calls of the freshly exported encodings (DESIGN.md §3).
+- The sidebar in nbs/_quarto.yml (for `make docs`), from GROUPS and the notebooks' `order:` (tools/sidebar.py).
 """
 import importlib, pkgutil, pprint, shutil, sys
 from pathlib import Path
@@ -66,3 +67,6 @@ if __name__ == "__main__":
     export()
     catalog.write_text(old)  # the registry reads it on import; rewritten from the fresh modules below
     write_catalog(catalog_entries())
+    sys.path.insert(0, str(ROOT / "tools"))
+    import sidebar
+    sidebar.write_quarto()

@@ -25,10 +25,10 @@ bench 120 --attention --json "$OUT/bench-attention.json" 2>&1 | tee "$OUT/bench-
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_comrope.py tests/test_carope.py tests/test_ucpe.py tests/test_spherical.py 2>&1 | tail -20 | tee "$OUT/cuda-tests-papers.txt"
 timeout 120 python3 - <<'PY' 2>&1 | tee "$OUT/bench-papers.txt"
 import json, os
-from posexplorer.comrope import bench_comrope
-from posexplorer.carope import bench_carope
-from posexplorer.ucpe import bench_ucpe
-from posexplorer.spherical import bench_spherical
+from posexplorer.tools.bench_comrope import bench_comrope
+from posexplorer.tools.bench_carope import bench_carope
+from posexplorer.tools.bench_ucpe import bench_ucpe
+from posexplorer.tools.bench_spherical_harmonics import bench_spherical
 rows = {}
 for name, fn in (("comrope", bench_comrope), ("carope", bench_carope), ("ucpe", bench_ucpe), ("spherical", bench_spherical)):
     try: rows[name] = fn()

@@ -1,6 +1,6 @@
 """Save one plotly figure of a built page as a PNG, for the README (`make readme`).
 
-    python tools/snapshot.py _docs/10_rope.html 0 nbs/images/rope_decay.png
+    python tools/snapshot.py _docs/classics/rope.html 0 nbs/images/rope_decay.png
 
 Opens the page from disk in Debian's Chromium, waits for the figure's SVG and screenshots that element."""
 import sys

@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'check_tensor', 'check_nonempty', 'check_finite', 'check_layout', 'check_dim', 'check_int',
-           'check_positive', 'check_positions', 'check_rotary', 'check_length']
+           'check_positive', 'check_dtypes', 'check_positions', 'check_rotary', 'check_length']
 
 # %% ../../nbs/core/core.ipynb #c0a1e001
 import math, numbers
@@ -43,6 +43,14 @@ def check_positive(value, name):
     "A real, finite, strictly positive number (a base, a factor, a length)"
     if isinstance(value, bool) or not isinstance(value, numbers.Real): raise TypeError(f"`{name}` must be a real number, got {value!r}")
     if not math.isfinite(value) or value <= 0: raise ValueError(f"`{name}` must be finite and > 0, got {value}")
+
+def check_dtypes(dtypes) -> tuple:
+    "A non-empty tuple of floating torch dtypes"
+    dtypes = (dtypes,) if isinstance(dtypes, torch.dtype) else tuple(dtypes)
+    if not dtypes or not all(isinstance(d, torch.dtype) and d.is_floating_point for d in dtypes):
+        raise ValueError(f"`dtypes` must be floating torch dtypes, got {dtypes!r}")
+    return dtypes
+
 
 # %% ../../nbs/core/core.ipynb #2f1a50ca
 def check_positions(positions, axis_map):

@@ -16,20 +16,55 @@ from .rotary import angles
 
 # %% ../../nbs/core/core.ipynb #01aee409
 class Encoding:
-    "Base of every positional encoding: a registered `name`, a `family` and a paper `card`"
+    "Base of every positional encoding: a registered `name`, a `family`, a paper `card`, and the hooks attention, figures and the lab call"
     family: str = ""
     name: str = ""
     n_axes: int = 1  # position axes the encoding reads (3 for t/h/w, 2 for longitude/latitude)
     card = None  # the paper `Card`, set by `register`
+    has_angles: bool = False  # True when `.angles(positions)` gives an angle table (the rotary figures draw it)
+    biases_attention: bool = False  # True when `logit_bias` or `prob_scale` may give a table: the attention kernel then needs the forms below
+    acts_on_embeddings: bool = False  # True when a model applies it once, to the token embeddings (`embed_tokens`), not inside attention
     def default_positions(self, T:int, device=None) -> Tensor:
         "Positions 0..T-1: `(T,)`, or `(A, T)` repeated over the axes; coordinate encodings give T sample points"
         p = torch.arange(T, device=device)
         return p if self.n_axes == 1 else p.expand(self.n_axes, T)
+    # The hooks: each does nothing here; a family overrides those it uses, in its own class body.
+    def encode_qk(self, q:Tensor, # (B, Tq, Hq, D) queries
+                  k:Tensor, # (B, Tk, Hk, D) keys
+                  q_positions:Tensor, # the queries' positions, `(Tq,)` or `(A, Tq)`
+                  k_positions:Tensor, # the keys' positions
+                  *, x:Tensor|None=None, # (B, T, C) the tokens' hidden states, for encodings that read them
+                  backend:str="auto") -> tuple: # (q, k), the same shapes
+        "q and k as attention compares them (rotated, transformed, or with position vectors added); unchanged here"
+        return q, k
+    def encode_v(self, v:Tensor, # (B, Tk, Hk, D) values
+                 k_positions:Tensor) -> Tensor: # (B, Tk, Hk, D)
+        "The values as attention mixes them (UCPE moves them into the keys' frames); unchanged here"
+        return v
+    def decode_out(self, o:Tensor, # (B, Tq, Hq, D) attention output
+                   q_positions:Tensor) -> Tensor: # (B, Tq, Hq, D)
+        "The attention output as the layer returns it (UCPE moves it back out of the query's frame); unchanged here"
+        return o
+    def logit_bias(self, q_positions:Tensor, k_positions:Tensor) -> Tensor|None: # (H, Tq, Tk) float32, or None
+        "A term added to the scaled attention logits; None here: no term"
+        return None
+    def prob_scale(self, q_positions:Tensor, k_positions:Tensor) -> Tensor|None: # (H, Tq, Tk), or None
+        "A factor on the attention probabilities after the softmax (URPE); None here: no factor"
+        return None
+    def embed_tokens(self, x:Tensor, # (B, T, C) token embeddings
+                     positions:Tensor) -> Tensor: # (B, T, C)
+        "The token embeddings with this encoding's position vectors added (additive family); unchanged here"
+        return x
+    # What attention kernels use instead of (Tq, Tk) tables, when `biases_attention` and the encoding has it:
+    def linear_slopes(self) -> Tensor|None: return None  # (H,) when logit_bias = -slopes[h]·|k - q| (ALiBi)
+    def relative_bias(self, offsets:Tensor) -> Tensor|None: return None  # (H, N) the logit bias at offsets k - q when it depends on nothing else
+    def relative_scale(self, offsets:Tensor) -> Tensor|None: return None  # (H, N) the same for `prob_scale`
 
 # %% ../../nbs/core/core.ipynb #c40aacc9
 class RotaryEncoding(Encoding):
     "Rotates q and k by `angles(positions)`; subclasses implement `.angles`"
     family = "rotary"
+    has_angles = True
     def angles(self, positions:Tensor, dtype=torch.float32) -> Tensor: raise NotImplementedError  # (T, R) or (B, T, R)
     @property
     def attention_scale(self) -> float: return 1.0  # multiplies cos and sin, as in Hugging Face (YaRN's mscale)
@@ -47,7 +82,9 @@ class RotaryEncoding(Encoding):
         if k is None or k_positions is None: return apply_rotary(q, k, self.angles(positions, dt), **kw)  # one launch
         check_length("k_positions", k_positions, k, "k")
         return apply_rotary(q, None, self.angles(positions, dt), **kw)[0], apply_rotary(k, None, self.angles(k_positions, dt), **kw)[0]
-
+    def encode_qk(self, q:Tensor, k:Tensor, q_positions:Tensor, k_positions:Tensor, *, x:Tensor|None=None, backend:str="auto") -> tuple:
+        "The hook attention calls: `apply` (`x` is not read)"
+        return self.apply(q, k, q_positions, backend=backend, k_positions=k_positions)
 
 # %% ../../nbs/core/core.ipynb #8e901d2f
 class FrequencyRotary(RotaryEncoding):
@@ -64,20 +101,38 @@ class FrequencyRotary(RotaryEncoding):
 class BiasEncoding(Encoding):
     "Adds `bias(q_positions, k_positions)`, `(H, Tq, Tk)`, to the attention logits"
     family = "bias"
+    biases_attention = True
     n_heads: int
     rotary: RotaryEncoding|None = None  # a rotation of q and k that comes with the bias (RoPE + ALiBi readings)
     def bias(self, q_positions:Tensor, k_positions:Tensor) -> Tensor: raise NotImplementedError  # (H, Tq, Tk)
     def scale(self, q_positions:Tensor, k_positions:Tensor) -> Tensor|None: return None  # (H, Tq, Tk) multiplies the probabilities (URPE)
-    # What attention kernels use instead of (Tq, Tk) tables, when the encoding has it:
-    def linear_slopes(self) -> Tensor|None: return None  # (H,) when bias = -slopes[h]·|k - q| (ALiBi)
-    def relative_bias(self, offsets:Tensor) -> Tensor|None: return None  # (H, N) bias at offsets k - q when it depends on nothing else
-    def relative_scale(self, offsets:Tensor) -> Tensor|None: return None  # (H, N) the same for `scale`
+    # The kernel's forms, `linear_slopes`, `relative_bias` and `relative_scale`, are `Encoding`'s: None unless overridden.
+    def logit_bias(self, q_positions:Tensor, k_positions:Tensor) -> Tensor|None: # (H, Tq, Tk)
+        "The hook attention calls: `bias`"
+        return self.bias(q_positions, k_positions)
+    def prob_scale(self, q_positions:Tensor, k_positions:Tensor) -> Tensor|None: # (H, Tq, Tk), or None
+        "The hook attention calls: `scale`"
+        return self.scale(q_positions, k_positions)
+    def encode_qk(self, q:Tensor, k:Tensor, q_positions:Tensor, k_positions:Tensor, *, x:Tensor|None=None, backend:str="auto") -> tuple:
+        "The rotation that comes with the bias (`rotary`), if any; q and k unchanged otherwise"
+        if self.rotary is None: return q, k
+        return self.rotary.encode_qk(q, k, q_positions, k_positions, x=x, backend=backend)
 
 class AdditiveEncoding(Encoding):
     "Adds `embed(positions)`, `(T, dim)`, to the token embeddings; positions `(T,)` or coordinates `(A, T)`"
     family = "additive"
+    acts_on_embeddings = True
     dim: int
     def embed(self, positions:Tensor) -> Tensor: raise NotImplementedError
+    def embed_tokens(self, x:Tensor, positions:Tensor) -> Tensor: # (B, T, dim)
+        "The hook a model calls on its token embeddings `x`, `(B, T, dim)`: `x + embed(positions)`"
+        return x + self.embed(positions).to(x)
+    def encode_qk(self, q:Tensor, k:Tensor, q_positions:Tensor, k_positions:Tensor, *, x:Tensor|None=None, backend:str="auto") -> tuple:
+        "With no projections to hand, `embed(positions)` reshaped to `(T, H, D)` is added to q and k (identity projections)"
+        B, Tq, H, D = q.shape
+        pq, pk = self.embed(q_positions).to(q.dtype), self.embed(k_positions).to(k.dtype)  # (T, H*D)
+        if pq.shape[-1] != H * D: raise ValueError(f"additive `encoding` has dim {pq.shape[-1]}, but q has H*D = {H * D}")
+        return q + pq.view(Tq, H, D), k + pk.reshape(k.shape[1], H, D)[:, :k.shape[2]]
 
 # %% ../../nbs/core/core.ipynb #5045aa48
 class GeneralEncoding(Encoding):
@@ -94,3 +149,9 @@ class GeneralEncoding(Encoding):
                   backend:str="auto") -> tuple: raise NotImplementedError  # (q, k)
     def transform_v(self, v:Tensor, positions:Tensor) -> Tensor: return v  # (B, Tk, Hk, D) values, moved like the keys
     def transform_out(self, o:Tensor, positions:Tensor) -> Tensor: return o  # (B, Tq, Hq, D) output, moved back like the queries
+    def encode_qk(self, q:Tensor, k:Tensor, q_positions:Tensor, k_positions:Tensor, *, x:Tensor|None=None, backend:str="auto") -> tuple:
+        "The hook attention calls: `transform`; an encoding that reads the tokens needs their hidden states `x`"
+        if self.context_dim is not None and x is None: raise ValueError(f"{self.name!r} reads the tokens: pass their hidden states `x`, (B, T, {self.context_dim})")
+        return self.transform(q, k, q_positions, k_positions=k_positions, x=x, backend=backend)
+    def encode_v(self, v:Tensor, k_positions:Tensor) -> Tensor: return self.transform_v(v, k_positions) if self.transforms_v else v
+    def decode_out(self, o:Tensor, q_positions:Tensor) -> Tensor: return self.transform_out(o, q_positions) if self.transforms_v else o

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from ..core import Encoding, RotaryEncoding, BiasEncoding, AdditiveEncoding, GeneralEncoding, check_tensor, check_nonempty
+from ..core import Encoding, check_tensor, check_nonempty
 from .rotary import triton, tl, resolve_backend
 
 # %% ../../nbs/ops/attention.ipynb #91f27812
@@ -32,30 +32,19 @@ def _repeat_kv(x, n_heads):
     "Grouped-query attention: repeat each k/v head for its group of query heads"
     return x if x.shape[2] == n_heads else x.repeat_interleave(n_heads // x.shape[2], dim=2)
 
-def _default_positions(enc, T, device):
-    "The encoding's default positions of T tokens (0..T-1 for most; sample coordinates for coordinate encodings)"
-    return enc.default_positions(T, device=device) if isinstance(enc, Encoding) else torch.arange(T, device=device)
+_NO_ENCODING = Encoding()  # what None means: the base class, whose hooks all do nothing
+
+def _as_encoding(encoding) -> Encoding:
+    "`encoding`, or the do-nothing base for None; a TypeError for anything else"
+    if encoding is None: return _NO_ENCODING
+    if not isinstance(encoding, Encoding): raise TypeError(f"`encoding` must be an Encoding or None, got {type(encoding).__name__}")
+    return encoding
 
 def _qk_positions(enc, Tq, Tk, q_positions, k_positions, device):
     "Query and key positions: keys default to the encoding's default positions of Tk tokens and queries to the last Tq of them"
-    kp = _default_positions(enc, Tk, device) if k_positions is None or (q_positions is None and Tq <= Tk) else None
-    qp = q_positions if q_positions is not None else kp[..., Tk - Tq:] if Tq <= Tk else _default_positions(enc, Tq, device)
+    kp = enc.default_positions(Tk, device=device) if k_positions is None or (q_positions is None and Tq <= Tk) else None
+    qp = q_positions if q_positions is not None else kp[..., Tk - Tq:] if Tq <= Tk else enc.default_positions(Tq, device=device)
     return qp, (k_positions if k_positions is not None else kp)
-
-# %% ../../nbs/ops/attention.ipynb #7511d374
-def _encode_qk(q, k, enc, qp, kp, backend, x=None):
-    "Apply a rotary, general or additive encoding (or a bias encoding's own rotation) to q and k: `(q, k)`"
-    if isinstance(enc, BiasEncoding) and enc.rotary is not None: enc = enc.rotary
-    if isinstance(enc, RotaryEncoding): return enc.apply(q, k, qp, backend=backend, k_positions=kp)
-    if isinstance(enc, GeneralEncoding):
-        if enc.context_dim is not None and x is None: raise ValueError(f"{enc.name!r} reads the tokens: pass their hidden states `x`, (B, T, {enc.context_dim})")
-        return enc.transform(q, k, qp, k_positions=kp, x=x, backend=backend)
-    if isinstance(enc, AdditiveEncoding):
-        B, Tq, H, D = q.shape
-        pq, pk = enc.embed(qp).to(q.dtype), enc.embed(kp).to(k.dtype)  # (T, H*D)
-        if pq.shape[-1] != H * D: raise ValueError(f"additive `encoding` has dim {pq.shape[-1]}, but q has H*D = {H * D}")
-        return q + pq.view(Tq, H, D), k + pk.reshape(k.shape[1], H, D)[:, :k.shape[2]]
-    return q, k
 
 # %% ../../nbs/ops/attention.ipynb #a64a6d84
 def _causal_mask(Tq, Tk, device):
@@ -70,12 +59,13 @@ def attention_logits(q:Tensor, # (B, Tq, Hq, D)
                      causal:bool=True, backend:str="auto",
                      x:Tensor|None=None) -> Tensor: # (B, Hq, Tq, Tk) float32; `x` (B, T, C) hidden states for encodings that read them (CARoPE)
     "Scaled attention logits with the encoding applied; masked entries are -inf"
-    if encoding is not None and not isinstance(encoding, Encoding): raise TypeError(f"`encoding` must be an Encoding or None, got {type(encoding).__name__}")
+    enc = _as_encoding(encoding)
     B, Tq, H, D = _check_qk(q, k)
-    qp, kp = _qk_positions(encoding, Tq, k.shape[1], q_positions, k_positions, q.device)
-    q, k = _encode_qk(q, k, encoding, qp, kp, backend, x)
+    qp, kp = _qk_positions(enc, Tq, k.shape[1], q_positions, k_positions, q.device)
+    q, k = enc.encode_qk(q, k, qp, kp, x=x, backend=backend)
     logits = torch.einsum("bqhd,bkhd->bhqk", q.float(), _repeat_kv(k, H).float()) / math.sqrt(D)
-    if isinstance(encoding, BiasEncoding): logits = logits + encoding.bias(qp, kp).to(logits)[None]
+    b = enc.logit_bias(qp, kp)  # (H, Tq, Tk) or None
+    if b is not None: logits = logits + b.to(logits)[None]
     if causal: logits = logits.masked_fill(~_causal_mask(Tq, k.shape[1], q.device), float("-inf"))
     return logits
 
@@ -84,18 +74,15 @@ def attention_probs(q:Tensor, k:Tensor, encoding:Encoding|None=None, **kwargs) -
     "Softmax of `attention_logits` over keys, in float32"
     return attention_logits(q, k, encoding, **kwargs).softmax(-1)
 
-def _reference(q, k, v, encoding, causal, backend, positions, x=None):
-    "The torch reference: probabilities (times a bias encoding's `scale`, as in URPE) applied to v"
-    p = attention_probs(q, k, encoding, q_positions=positions, k_positions=positions, causal=causal, backend=backend, x=x)
-    qp, kp = _qk_positions(encoding, q.shape[1], k.shape[1], positions, positions, q.device)
-    if isinstance(encoding, BiasEncoding):
-        c = encoding.scale(qp, kp)
-        if c is not None: p = p * c.to(p)[None]  # (B, H, Tq, Tk)
-    general = isinstance(encoding, GeneralEncoding) and encoding.transforms_v
-    if general: v = encoding.transform_v(v, kp)  # UCPE: values move into the keys' frames...
+def _reference(q, k, v, enc, causal, backend, positions, x=None):
+    "The torch reference: probabilities (times the encoding's `prob_scale`, as in URPE) applied to v"
+    p = attention_probs(q, k, enc, q_positions=positions, k_positions=positions, causal=causal, backend=backend, x=x)
+    qp, kp = _qk_positions(enc, q.shape[1], k.shape[1], positions, positions, q.device)
+    c = enc.prob_scale(qp, kp)
+    if c is not None: p = p * c.to(p)[None]  # (B, H, Tq, Tk)
+    v = enc.encode_v(v, kp)  # UCPE: values move into the keys' frames...
     o = torch.einsum("bhqk,bkhd->bqhd", p, _repeat_kv(v, q.shape[2]).float())
-    if general: o = encoding.transform_out(o, qp)  # ...and the output back out of the query's frame
-    return o.to(q.dtype)
+    return enc.decode_out(o, qp).to(q.dtype)  # ...and the output back out of the query's frame
 
 # %% ../../nbs/ops/attention.ipynb #78ca51cc
 @triton.jit
@@ -145,7 +132,7 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, slope_ptr, rb_ptr, rs_ptr,
 # %% ../../nbs/ops/attention.ipynb #4c305714
 def bias_mode(encoding, q, Tk):
     "(BIAS, slopes, relative bias, relative scale) for the kernel; raises ValueError when it cannot run"
-    if not isinstance(encoding, BiasEncoding): return 0, None, None, None
+    if encoding is None or not encoding.biases_attention: return 0, None, None, None
     offsets = torch.arange(-(Tk - 1), q.shape[1], device=q.device)  # every k - q the kernel meets
     slopes, rs = encoding.linear_slopes(), encoding.relative_scale(offsets)
     if slopes is not None: return 1, slopes.to(q.device, torch.float32).contiguous(), None, rs
@@ -158,7 +145,7 @@ def _why_not_kernel(q, k, v, encoding, positions):
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)): return "it is forward only (inputs require grad)"
     if q.shape[1] > k.shape[1]: return f"it needs Tq <= Tk, got Tq={q.shape[1]}, Tk={k.shape[1]}"
     if q.shape[-1] > 256: return f"head dim {q.shape[-1]} > 256"
-    if isinstance(encoding, BiasEncoding) and positions is not None: return "a bias encoding with custom positions"
+    if encoding.biases_attention and positions is not None: return "a bias encoding with custom positions"
     return None
 
 # %% ../../nbs/ops/attention.ipynb #8e0c99c7
@@ -191,17 +178,16 @@ def attend(q:Tensor, # (B, Tq, Hq, D) queries
            x:Tensor|None=None) -> Tensor: # (B, Tq, Hq, D) in q's dtype; `x` (B, T, C) hidden states for encodings that read them
     "Attention over any encoding; `positions` (both q and k) default to 0..Tk-1, queries taking the last Tq"
     _check_qk(q, k, v)
-    if encoding is not None and not isinstance(encoding, Encoding): raise TypeError(f"`encoding` must be an Encoding or None, got {type(encoding).__name__}")
-    mode, why = None, (_why_not_kernel(q, k, v, encoding, positions) if resolve_backend(backend, q) == "triton" else "torch backend")
+    enc = _as_encoding(encoding)
+    mode, why = None, (_why_not_kernel(q, k, v, enc, positions) if resolve_backend(backend, q) == "triton" else "torch backend")
     if why is None:
-        try: mode = bias_mode(encoding, q, k.shape[1])
+        try: mode = bias_mode(enc, q, k.shape[1])
         except ValueError as e: why = str(e)
     if why is not None:
         if backend == "triton": raise ValueError(f"`backend`='triton' cannot run this attention: {why}")
-        return _reference(q, k, v, encoding, causal, backend, positions, x)
-    qp, kp = _qk_positions(encoding, q.shape[1], k.shape[1], positions, positions, q.device)
-    q, k = _encode_qk(q, k, encoding, qp, kp, backend, x)
-    general = isinstance(encoding, GeneralEncoding) and encoding.transforms_v
-    if general: v = encoding.transform_v(v, kp).contiguous()
-    o = _attention_triton(q.contiguous(), k.contiguous(), v, mode, causal)
-    return encoding.transform_out(o, qp).to(o.dtype) if general else o
+        return _reference(q, k, v, enc, causal, backend, positions, x)
+    qp, kp = _qk_positions(enc, q.shape[1], k.shape[1], positions, positions, q.device)
+    q, k = enc.encode_qk(q, k, qp, kp, x=x, backend=backend)
+    ve = enc.encode_v(v, kp)
+    o = _attention_triton(q.contiguous(), k.contiguous(), v if ve is v else ve.contiguous(), mode, causal)
+    return enc.decode_out(o, qp).to(o.dtype)

@@ -14,10 +14,11 @@ import copy, dataclasses, functools, inspect, json, numbers, time
 import panel as pn
 import plotly.graph_objects as go
 import torch
-from ..core import names, get, encoding_class, RotaryEncoding, BiasEncoding
+from ..core import names, get, encoding_class
 from ..figures import shared as viz
 from .hf import from_hf_config
-from ..encodings.spacetime.mrope import position_ids_plot, SCHEMES
+from ..encodings.spacetime.mrope import SCHEMES
+from ..figures.mrope import position_ids_plot
 
 # %% ../../nbs/tools/app.ipynb #92701fc0
 FIELDS = {"dim": "dim", "base": "base", "factor": "factor", "context": "original_max_position_embeddings"}  # widget -> field
@@ -84,7 +85,7 @@ def _sampled(enc, n:int=ANGLE_SAMPLE):
     enc.default_positions = sample
     return enc
 
-def _rotary(encs:dict) -> dict: return {k: e for k, e in encs.items() if isinstance(e, RotaryEncoding)}
+def _rotary(encs:dict) -> dict: return {k: e for k, e in encs.items() if e.has_angles}  # the encodings with an angle table
 def _one(encs:dict, s:dict):
     "The encoding a one-encoding tab draws: the `focus` one when it fits the tab, else the first that does"
     return encs.get(s.get("focus")) or next(iter(encs.values()), None)

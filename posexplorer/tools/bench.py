@@ -7,7 +7,7 @@ Docs: https://posexplorer.github.io/posexplorer/tools/bench.html.md"""
 # %% auto #0
 __all__ = ['BF16', 'FP16', 'FP32', 'PRESETS', 'DTYPES', 'CONTENDERS', 'TOL', 'Shape', 'bytes_moved', 'Case', 'Unavailable',
            'check', 'samples', 'time_fn', 'Results', 'unavailable_reason', 'run', 'device_name', 'table', 'add_args',
-           'command']
+           'command', 'run_command']
 
 # %% ../../nbs/tools/bench.ipynb #176c2d1f
 import argparse, csv, inspect, json, math, platform, shutil, statistics, time, types
@@ -424,25 +424,19 @@ def add_args(p):
 
 # %% ../../nbs/tools/bench.ipynb #a166d1ff
 def command(args) -> int: # exit status
-    "Run `posexplorer bench`: print the table, save JSON and CSV if asked"
-    try: return _attention_command(args) if args.attention else _rotary_command(args)
+    "Run `posexplorer bench`: print the table, save JSON and CSV if asked (`--attention` goes to `tools/bench_attention`)"
+    return run_command(lambda: run(dtypes=args.dtypes, contenders=args.contenders, quick=args.quick, device=args.device,
+                                   full=args.full, progress=not args.no_progress), table, args)
+
+def run_command(bench, table, args) -> int: # exit status
+    "Run `bench()`, print `table` of its results and save them as JSON (`args.json`) and CSV (`args.csv`); a ValueError exits with 2"
+    try:
+        res = bench()
+        print(table(res))
+        if args.json: open(args.json, "w").write(res.to_json())
+        if args.csv: _write_csv(res, args.csv)
+        return 0
     except ValueError as e: print(f"posexplorer bench: error: {e}"); return 2
-
-def _rotary_command(args) -> int:
-    res = run(dtypes=args.dtypes, contenders=args.contenders, quick=args.quick, device=args.device, full=args.full, progress=not args.no_progress)
-    print(table(res))
-    if args.json: open(args.json, "w").write(res.to_json())
-    if args.csv: _write_csv(res, args.csv)
-    return 0
-
-def _attention_command(args) -> int:
-    "`posexplorer bench --attention`: the benchmark of `tools/bench_attention`"
-    from posexplorer.tools import bench_attention as ba
-    res = ba.run(quick=args.quick, contenders=args.contenders, device=args.device, progress=not args.no_progress)
-    print(ba.table(res))
-    if args.json: open(args.json, "w").write(res.to_json())
-    if args.csv: _write_csv(res, args.csv)
-    return 0
 
 def _write_csv(results, path):
     with open(path, "w", newline="") as f:

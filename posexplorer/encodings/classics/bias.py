@@ -12,7 +12,7 @@ import math, numbers
 from dataclasses import dataclass
 from fastcore.basics import patch
 import torch
-from torch import Tensor
+from torch import nn, Tensor
 from ...core import BiasEncoding, register, check_tensor, check_nonempty, check_finite, check_positive, check_int
 
 # %% ../../../nbs/classics/bias.ipynb #18cdab52
@@ -83,8 +83,8 @@ def t5_bucket(relative_position:Tensor, # integer offsets k - q, any shape
 # %% ../../../nbs/classics/bias.ipynb #4bc730be
 @register("t5", title="Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer",
           year=2019, arxiv="1910.10683", notebook="classics/bias.ipynb", translation_invariant=True)
-@dataclass
-class T5Bias(BiasEncoding):
+@dataclass(eq=False)  # compared and hashed by identity, as every nn.Module
+class T5Bias(BiasEncoding, nn.Module):
     "T5's relative bias: head h adds `table[h, t5_bucket(k - q)]`, one learned scalar per head and bucket"
     n_heads: int = 8  # attention heads H
     num_buckets: int = 32  # Hugging Face's `relative_attention_num_buckets`
@@ -93,10 +93,11 @@ class T5Bias(BiasEncoding):
     seed: int = 0  # seed of the table's initial draw
     init_std: float = 1.0  # standard deviation of that draw
     def __post_init__(self):
+        nn.Module.__init__(self)
         check_int(self.n_heads, "n_heads"); _check_buckets(self.bidirectional, self.num_buckets, self.max_distance)
         check_int(self.seed, "seed", 0); check_positive(self.init_std, "init_std")
         g = torch.Generator().manual_seed(self.seed)
-        self.table = torch.randn(self.n_heads, self.num_buckets, generator=g) * self.init_std  # (H, num_buckets)
+        self.table = nn.Parameter(torch.randn(self.n_heads, self.num_buckets, generator=g) * self.init_std)  # (H, num_buckets), learned
 
 # %% ../../../nbs/classics/bias.ipynb #8a02962a
 @patch
@@ -122,5 +123,5 @@ def from_hf(cls:T5Bias, attention) -> T5Bias:
     w = emb.weight.detach()  # (num_buckets, H)
     enc = cls(n_heads=w.shape[1], num_buckets=attention.relative_attention_num_buckets,
               max_distance=attention.relative_attention_max_distance, bidirectional=not attention.is_decoder)
-    enc.table = w.T.float().cpu().contiguous()  # (H, num_buckets)
+    enc.table = nn.Parameter(w.T.float().cpu().contiguous())  # (H, num_buckets)
     return enc

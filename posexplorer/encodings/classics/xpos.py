@@ -9,7 +9,6 @@ __all__ = ['xpos_zeta', 'XPos']
 
 # %% ../../../nbs/classics/xpos.ipynb #1e20b47b
 from dataclasses import dataclass
-from fastcore.basics import patch
 import torch
 from torch import Tensor
 from ...core import FrequencyRotary, RotaryEncoding, angles, inv_freq, register, check_dim, check_positive, check_tensor
@@ -22,24 +21,6 @@ def xpos_zeta(dim:int, # rotary dim d, positive and even
     check_dim(dim); check_positive(gamma, "gamma")
     i = torch.arange(dim // 2, dtype=torch.float64)
     return ((i / (dim // 2) + gamma) / (1 + gamma)).to(dtype)
-
-# %% ../../../nbs/classics/xpos.ipynb #8d2bdbec
-@register("xpos", title="A Length-Extrapolatable Transformer", year=2022, arxiv="2212.10554",
-          notebook="classics/xpos.ipynb", relative=True)
-@dataclass
-class XPos(FrequencyRotary):
-    "xPos: RoPE's rotation, then query pair i times ζ_i^(n/scale_base) and key pair i times ζ_i^(−m/scale_base)"
-    dim: int = 128  # rotary dim d
-    base: float = 10000.0  # RoPE's base θ
-    scale_base: float = 512.0  # B: a pair's score is multiplied by ζ_i every B tokens of distance
-    gamma: float = 0.4  # γ of ζ_i = (i/(d/2) + γ)/(1 + γ)
-    def __post_init__(self):
-        self.inv_freq = inv_freq(self.dim, self.base)  # (dim/2,) validates dim and base
-        check_positive(self.scale_base, "scale_base")
-        self.zeta = xpos_zeta(self.dim, self.gamma)  # (dim/2,) float64
-    def scales(self, positions:Tensor, dtype=torch.float32) -> Tensor: # (T, R) or (B, T, R)
-        "ζ_i^(positions/scale_base) per token and pair, computed in float64"
-        return angles(positions, self.zeta.log() / self.scale_base, torch.float64).exp().to(dtype)
 
 # %% ../../../nbs/classics/xpos.ipynb #de9858fd
 def _scale_pairs(x:Tensor, # (B, T, H, D) rotated q or k
@@ -62,26 +43,39 @@ def _check_tokens(positions, x, pname:str, xname:str):
     if positions.ndim == 0 or positions.shape[-1] != x.shape[1]:
         raise ValueError(f"`{pname}` covers {positions.shape[-1] if positions.ndim else 0} tokens but `{xname}` has T={x.shape[1]}")
 
-@patch
-def _qk_positions(self:XPos, q, k, positions, k_positions) -> tuple: # (positions, k_positions), checked
-    "The queries' positions (default 0..Tq-1) and the keys' (default: the queries')"
-    check_tensor("q", q)
-    if positions is None: positions = self.default_positions(q.shape[1], device=q.device)
-    _check_tokens(positions, q, "positions", "q")
-    kp = positions if k_positions is None else k_positions
-    if k is not None: _check_tokens(kp, k, "positions" if k_positions is None else "k_positions", "k")
-    return positions, kp
-
-# %% ../../../nbs/classics/xpos.ipynb #1241b6d1
-@patch
-def apply(self:XPos, q:Tensor, # (B, Tq, Hq, D) queries
-          k:Tensor|None, # (B, Tk, Hk, D) keys, or None
-          positions:Tensor|None=None, # the queries' positions (and the keys' too); default 0..Tq-1
-          layout:str="half", backend:str="auto", inplace:bool=False,
-          k_positions:Tensor|None=None): # the keys' positions when they differ (a KV cache)
-    "RoPE's rotation with the shared kernel, then q's pair i times ζ_i^(n/B) and k's times ζ_i^(−m/B): `(q, k)`"
-    positions, kp = self._qk_positions(q, k, positions, k_positions)
-    q, k = RotaryEncoding.apply(self, q, k, positions, layout=layout, backend=backend, inplace=inplace, k_positions=k_positions)
-    dt = torch.promote_types(torch.float32, q.dtype)  # float64 factors for float64 inputs
-    q = _scale_pairs(q, self.scales(positions, dt), layout, inplace)
-    return q, None if k is None else _scale_pairs(k, self.scales(-kp, dt), layout, inplace)
+# %% ../../../nbs/classics/xpos.ipynb #8d2bdbec
+@register("xpos", title="A Length-Extrapolatable Transformer", year=2022, arxiv="2212.10554",
+          notebook="classics/xpos.ipynb", relative=True)
+@dataclass
+class XPos(FrequencyRotary):
+    "xPos: RoPE's rotation, then query pair i times ζ_i^(n/scale_base) and key pair i times ζ_i^(−m/scale_base)"
+    dim: int = 128  # rotary dim d
+    base: float = 10000.0  # RoPE's base θ
+    scale_base: float = 512.0  # B: a pair's score is multiplied by ζ_i every B tokens of distance
+    gamma: float = 0.4  # γ of ζ_i = (i/(d/2) + γ)/(1 + γ)
+    def __post_init__(self):
+        self.inv_freq = inv_freq(self.dim, self.base)  # (dim/2,) validates dim and base
+        check_positive(self.scale_base, "scale_base")
+        self.zeta = xpos_zeta(self.dim, self.gamma)  # (dim/2,) float64
+    def scales(self, positions:Tensor, dtype=torch.float32) -> Tensor: # (T, R) or (B, T, R)
+        "ζ_i^(positions/scale_base) per token and pair, computed in float64"
+        return angles(positions, self.zeta.log() / self.scale_base, torch.float64).exp().to(dtype)
+    def _qk_positions(self, q, k, positions, k_positions) -> tuple: # (positions, k_positions), checked
+        "The queries' positions (default 0..Tq-1) and the keys' (default: the queries')"
+        check_tensor("q", q)
+        if positions is None: positions = self.default_positions(q.shape[1], device=q.device)
+        _check_tokens(positions, q, "positions", "q")
+        kp = positions if k_positions is None else k_positions
+        if k is not None: _check_tokens(kp, k, "positions" if k_positions is None else "k_positions", "k")
+        return positions, kp
+    def apply(self, q:Tensor, # (B, Tq, Hq, D) queries
+              k:Tensor|None, # (B, Tk, Hk, D) keys, or None
+              positions:Tensor|None=None, # the queries' positions (and the keys' too); default 0..Tq-1
+              layout:str="half", backend:str="auto", inplace:bool=False,
+              k_positions:Tensor|None=None): # the keys' positions when they differ (a KV cache)
+        "RoPE's rotation with the shared kernel, then q's pair i times ζ_i^(n/B) and k's times ζ_i^(−m/B): `(q, k)`"
+        positions, kp = self._qk_positions(q, k, positions, k_positions)
+        q, k = RotaryEncoding.apply(self, q, k, positions, layout=layout, backend=backend, inplace=inplace, k_positions=k_positions)
+        dt = torch.promote_types(torch.float32, q.dtype)  # float64 factors for float64 inputs
+        q = _scale_pairs(q, self.scales(positions, dt), layout, inplace)
+        return q, None if k is None else _scale_pairs(k, self.scales(-kp, dt), layout, inplace)

@@ -12,9 +12,9 @@ import math, numbers
 from dataclasses import dataclass
 import torch
 from torch import Tensor
+from ...core.measures import angle_hist, kl_divergence, kl_disturbance
 from ...core import angles, inv_freq as rope_inv_freq, register, check_int, check_positive
 from ..classics.rope import RoPE
-from ...figures.shared import angle_hist, kl_divergence, kl_disturbance
 
 # %% ../../../nbs/context/dprope.ipynb #10a3c66c
 CHUNK = 1 << 16  # positions per chunk in pair_histograms: memory stays O(CHUNK · R) for any length

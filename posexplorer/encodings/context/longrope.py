@@ -10,7 +10,6 @@ __all__ = ['PHI3_MINI_128K', 'longrope_attention_factor', 'LongRoPE']
 # %% ../../../nbs/context/longrope.ipynb #cd360bee
 import math, numbers
 from dataclasses import dataclass
-from fastcore.basics import patch
 import torch
 from torch import Tensor
 from ...core import angles, inv_freq as rope_inv_freq, register, check_int, check_positive, check_positions
@@ -80,28 +79,21 @@ class LongRoPE(RoPE):
     def _scaled(self, factors, name:str) -> Tensor: # (R,) float32
         f = rope_inv_freq(partial_rotary_dim(self.dim, self.partial_rotary_factor), self.base, torch.float64)
         return (f / _factor_list(factors, name, len(f))).float()
-
-# %% ../../../nbs/context/longrope.ipynb #dec63a3d
-@patch(as_prop=True)
-def s(self:LongRoPE) -> float:
-    "The extension factor s: `factor`, else max_position_embeddings / L₀ (max defaulting to 4 L₀)"
-    if self.factor is not None: return float(self.factor)
-    return (self.max_position_embeddings or 4 * self.original_max_position_embeddings) / self.original_max_position_embeddings
-
-@patch(as_prop=True)
-def attention_scale(self:LongRoPE) -> float:
-    "`attention_factor`, else √(1 + ln s / ln L₀) for s > 1, else 1; the same in both regimes"
-    if self.attention_factor is not None: return float(self.attention_factor)
-    return longrope_attention_factor(self.s, self.original_max_position_embeddings)
-
-@patch
-def uses_long_factors(self:LongRoPE, positions:Tensor) -> bool:
-    "Whether the sequence length max(positions) + 1 (over the whole batch) exceeds L₀"
-    return float(positions.max()) + 1 > self.original_max_position_embeddings
-
-@patch
-def angles(self:LongRoPE, positions:Tensor, # (T,) or (B, T)
-           dtype=torch.float32) -> Tensor: # (T, R) or (B, T, R)
-    "Angles with the short factors while max(positions) + 1 <= L₀, the long ones past it, as Hugging Face switches them"
-    check_positions(positions, None)
-    return angles(positions, self.long_inv_freq if self.uses_long_factors(positions) else self.inv_freq, dtype)
+    @property
+    def s(self) -> float:
+        "The extension factor s: `factor`, else max_position_embeddings / L₀ (max defaulting to 4 L₀)"
+        if self.factor is not None: return float(self.factor)
+        return (self.max_position_embeddings or 4 * self.original_max_position_embeddings) / self.original_max_position_embeddings
+    @property
+    def attention_scale(self) -> float:
+        "`attention_factor`, else √(1 + ln s / ln L₀) for s > 1, else 1; the same in both regimes"
+        if self.attention_factor is not None: return float(self.attention_factor)
+        return longrope_attention_factor(self.s, self.original_max_position_embeddings)
+    def uses_long_factors(self, positions:Tensor) -> bool:
+        "Whether the sequence length max(positions) + 1 (over the whole batch) exceeds L₀"
+        return float(positions.max()) + 1 > self.original_max_position_embeddings
+    def angles(self, positions:Tensor, # (T,) or (B, T)
+               dtype=torch.float32) -> Tensor: # (T, R) or (B, T, R)
+        "Angles with the short factors while max(positions) + 1 <= L₀, the long ones past it, as Hugging Face switches them"
+        check_positions(positions, None)
+        return angles(positions, self.long_inv_freq if self.uses_long_factors(positions) else self.inv_freq, dtype)

@@ -6,16 +6,13 @@ Docs: https://posexplorer.github.io/posexplorer/coordinates/neurbf.html.md"""
 
 # %% auto #0
 __all__ = ['rbf_ivq', 'log_freqs', 'NeuRBF', 'weighted_kmeans', 'pixel_grid', 'synthetic_image', 'FourierFeatures', 'mlp',
-           'n_params', 'psnr', 'fit_image']
+           'n_params']
 
 # %% ../../../nbs/coordinates/neurbf.ipynb #866ca1a9
 import math
-from fastcore.basics import patch
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from ...core import AdditiveEncoding, register, check_dim, check_int, check_positive, check_tensor, check_finite
-from ...figures import shared as viz
 
 # %% ../../../nbs/coordinates/neurbf.ipynb #8e787ebf
 def rbf_ivq(x:Tensor, # (T, 2) points
@@ -53,37 +50,46 @@ class NeuRBF(AdditiveEncoding, nn.Module):
         self.weights = nn.Parameter(torch.rand(self.n_kernels, dim) * 2 - 1)  # (K, F) w_k
         self.bias = nn.Parameter(torch.zeros(dim))  # (F,) b
     def forward(self, positions:Tensor) -> Tensor: return self.embed(positions)  # (T, dim)
-
-# %% ../../../nbs/coordinates/neurbf.ipynb #ea2d4c1f
-@patch(as_prop=True)
-def shapes(self:NeuRBF) -> Tensor: # (K, 2, 2) Σ⁻¹, positive definite
-    "The kernels' shapes `Σ⁻¹ = MᵀM + εI`"
-    M = self.shape_factors
-    return M.transpose(1, 2) @ M + 1e-6 * torch.eye(2, device=M.device)
-
-@patch
-def neighbors(self:NeuRBF, x:Tensor) -> tuple: # x (T, 2) -> (T, n) kernel ids, (T, n) normalised values
-    "Each point's nearest kernels (by centre distance, as the code's KD-tree) and their normalised RBF values"
-    idx = torch.cdist(x, self.centers.detach()).topk(self.n_neighbors, largest=False).indices  # (T, n)
-    phi = rbf_ivq(x, self.centers[idx], self.shapes[idx])  # (T, n)
-    return idx, phi / (phi.detach().sum(-1, keepdim=True) + 1e-8)  # the code normalises by the detached sum
-
-@patch
-def embed(self:NeuRBF, positions:Tensor) -> Tensor: # (T, dim) float32
-    "`h(x) = b + Σ_{k ∈ N(x)} w_k ⊙ sin(ω φ̂_k(x))` for points `positions` (2, T) in [0, 1]²"
-    check_tensor("positions", positions); check_finite("positions", positions)
-    if positions.ndim != 2 or positions.shape[0] != 2: raise ValueError(f"`positions` must be (2, T) points (x, y), got shape {tuple(positions.shape)}")
-    x = positions.T.to(self.centers.dtype)  # (T, 2)
-    idx, phi = self.neighbors(x)
-    s = torch.sin(phi[..., None] * self.freqs)  # (T, n, F)
-    return self.bias + (self.weights[idx] * s).sum(1)
-
-@patch
-def default_positions(self:NeuRBF, T:int, device=None) -> Tensor: # (2, T) in [0, 1]²
-    "T points of the unit square: pixel centres of the smallest square grid that holds them, row by row"
-    g = math.isqrt(T - 1) + 1
-    i = torch.arange(T, device=device)
-    return torch.stack([(i % g + 0.5) / g, (i // g + 0.5) / g])
+    @property
+    def shapes(self) -> Tensor: # (K, 2, 2) Σ⁻¹, positive definite
+        "The kernels' shapes `Σ⁻¹ = MᵀM + εI`"
+        M = self.shape_factors
+        return M.transpose(1, 2) @ M + 1e-6 * torch.eye(2, device=M.device)
+    def neighbors(self, x:Tensor) -> tuple: # x (T, 2) -> (T, n) kernel ids, (T, n) normalised values
+        "Each point's nearest kernels (by centre distance, as the code's KD-tree) and their normalised RBF values"
+        idx = torch.cdist(x, self.centers.detach()).topk(self.n_neighbors, largest=False).indices  # (T, n)
+        phi = rbf_ivq(x, self.centers[idx], self.shapes[idx])  # (T, n)
+        return idx, phi / (phi.detach().sum(-1, keepdim=True) + 1e-8)  # the code normalises by the detached sum
+    def embed(self, positions:Tensor) -> Tensor: # (T, dim) float32
+        "`h(x) = b + Σ_{k ∈ N(x)} w_k ⊙ sin(ω φ̂_k(x))` for points `positions` (2, T) in [0, 1]²"
+        check_tensor("positions", positions); check_finite("positions", positions)
+        if positions.ndim != 2 or positions.shape[0] != 2: raise ValueError(f"`positions` must be (2, T) points (x, y), got shape {tuple(positions.shape)}")
+        x = positions.T.to(self.centers.dtype)  # (T, 2)
+        idx, phi = self.neighbors(x)
+        s = torch.sin(phi[..., None] * self.freqs)  # (T, n, F)
+        return self.bias + (self.weights[idx] * s).sum(1)
+    def default_positions(self, T:int, device=None) -> Tensor: # (2, T) in [0, 1]²
+        "T points of the unit square: pixel centres of the smallest square grid that holds them, row by row"
+        g = math.isqrt(T - 1) + 1
+        i = torch.arange(T, device=device)
+        return torch.stack([(i % g + 0.5) / g, (i // g + 0.5) / g])
+    def init_from_image(self, image:Tensor, # (H, W) grayscale on the pixel centres of [0, 1]²
+                         alpha:float=0.5, iters:int=10):
+        "NeuRBF's data-adaptive start: gradient-weighted k-means centres, shapes from each cluster's covariance"
+        H, W = image.shape
+        pts = pixel_grid(H, W).T  # (H·W, 2)
+        gy, gx = torch.gradient(image.double())
+        wgt = (gx ** 2 + gy ** 2).sqrt().flatten().float() + 1e-3  # (H·W,)
+        with torch.no_grad():
+            c, lab = weighted_kmeans(pts, wgt, self.centers.detach().clone(), iters)
+            for k in range(self.n_kernels):
+                m = lab == k
+                if m.sum() < 3: continue
+                d = pts[m] - c[k]
+                cov = (wgt[m, None, None] * d[:, :, None] * d[:, None, :]).sum(0) / wgt[m].sum()
+                self.shape_factors[k] = torch.linalg.cholesky(torch.linalg.inv(alpha * cov + 1e-5 * torch.eye(2))).T  # MᵀM = Σ⁻¹
+            self.centers.copy_(c)
+        return self
 
 # %% ../../../nbs/coordinates/neurbf.ipynb #fbfe980b
 def weighted_kmeans(points:Tensor, # (P, 2)
@@ -97,25 +103,6 @@ def weighted_kmeans(points:Tensor, # (P, 2)
         s = torch.zeros_like(centers).index_add_(0, lab, weights[:, None] * points)
         centers = torch.where(w[:, None] > 0, s / w.clamp_min(1e-12)[:, None], centers)
     return centers, torch.cdist(points, centers).argmin(1)
-
-@patch
-def init_from_image(self:NeuRBF, image:Tensor, # (H, W) grayscale on the pixel centres of [0, 1]²
-                     alpha:float=0.5, iters:int=10):
-    "NeuRBF's data-adaptive start: gradient-weighted k-means centres, shapes from each cluster's covariance"
-    H, W = image.shape
-    pts = pixel_grid(H, W).T  # (H·W, 2)
-    gy, gx = torch.gradient(image.double())
-    wgt = (gx ** 2 + gy ** 2).sqrt().flatten().float() + 1e-3  # (H·W,)
-    with torch.no_grad():
-        c, lab = weighted_kmeans(pts, wgt, self.centers.detach().clone(), iters)
-        for k in range(self.n_kernels):
-            m = lab == k
-            if m.sum() < 3: continue
-            d = pts[m] - c[k]
-            cov = (wgt[m, None, None] * d[:, :, None] * d[:, None, :]).sum(0) / wgt[m].sum()
-            self.shape_factors[k] = torch.linalg.cholesky(torch.linalg.inv(alpha * cov + 1e-5 * torch.eye(2))).T  # MᵀM = Σ⁻¹
-        self.centers.copy_(c)
-    return self
 
 def pixel_grid(H:int, W:int) -> Tensor: # (2, H·W): x then y, row-major over the image
     "Pixel centres of an H × W image in [0, 1]²"
@@ -147,19 +134,3 @@ def mlp(sizes:list) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 def n_params(*modules) -> int: return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
-
-# %% ../../../nbs/coordinates/neurbf.ipynb #6943cdb0
-def psnr(pred:Tensor, target:Tensor) -> float: # dB, signals in [0, 1]
-    return (10 * torch.log10(1 / (pred - target).pow(2).mean())).item()
-
-def fit_image(encoder:nn.Module, net:nn.Module, image:Tensor, # (H, W) target
-              steps:int=300, lr:float=1e-2, progress:bool=True, desc:str="fit") -> tuple: # (PSNR dB, (H, W) prediction)
-    "Full-batch Adam on every pixel of `image`; returns the final PSNR and the prediction"
-    pos, target = pixel_grid(*image.shape), image.flatten()
-    opt = torch.optim.Adam(list(encoder.parameters()) + list(net.parameters()), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 100)  # the code's cosine schedule, γ = 100
-    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-        loss = (net(encoder(pos))[:, 0] - target).pow(2).mean()
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-    with torch.no_grad(): pred = net(encoder(pos))[:, 0].view(image.shape)
-    return psnr(pred, image), pred

@@ -6,7 +6,7 @@ Docs: https://posexplorer.github.io/posexplorer/coordinates/spherical_harmonics.
 
 # %% auto #0
 __all__ = ['sh_index', 'normalized_legendre', 'spherical_harmonics', 'sphere_quadrature', 'double_fourier_sphere', 'pole_spread',
-           'SineLayer', 'Siren', 'fibonacci_lonlat', 'SphericalHarmonicsSiren', 'sh_features', 'bench_spherical']
+           'SineLayer', 'Siren', 'fibonacci_lonlat', 'SphericalHarmonicsSiren', 'sh_triton', 'sh_features']
 
 # %% ../../../nbs/coordinates/spherical_harmonics.ipynb #15f4c9b7
 import math, numbers, time
@@ -142,23 +142,17 @@ class SphericalHarmonicsSiren(AdditiveEncoding, nn.Module):
         with torch.random.fork_rng(devices=[]):
             if seed is not None: torch.manual_seed(seed)
             self.siren = Siren(legendre_polys ** 2, dim_hidden, dim, num_layers, w0, w0_initial)
-
-# %% ../../../nbs/coordinates/spherical_harmonics.ipynb #6a1580c6
-def _features(self:SphericalHarmonicsSiren, positions:Tensor) -> Tensor: # (T, L²)
-    "The harmonics at `positions` (2, T), in degrees"
-    return sh_features(positions, self.legendre_polys, backend=self.backend)
-
-def _embed(self:SphericalHarmonicsSiren, positions:Tensor) -> Tensor: # (T, dim) float32
-    "SIREN(harmonics(positions)): `(2, T)` longitude, latitude in degrees -> `(T, dim)`"
-    w = self.siren[0].linear.weight
-    return self.siren(self.features(positions).to(device=w.device, dtype=w.dtype))
-
-def _default_positions(self:SphericalHarmonicsSiren, T:int, device=None) -> Tensor: # (2, T) degrees
-    "T points spread evenly over the sphere (Fibonacci lattice), longitude and latitude in degrees"
-    return fibonacci_lonlat(T, device)
-
-SphericalHarmonicsSiren.features, SphericalHarmonicsSiren.embed = _features, _embed
-SphericalHarmonicsSiren.forward, SphericalHarmonicsSiren.default_positions = _embed, _default_positions
+    def features(self, positions:Tensor) -> Tensor: # (T, L²)
+        "The harmonics at `positions` (2, T), in degrees"
+        return sh_features(positions, self.legendre_polys, backend=self.backend)
+    def embed(self, positions:Tensor) -> Tensor: # (T, dim) float32
+        "SIREN(harmonics(positions)): `(2, T)` longitude, latitude in degrees -> `(T, dim)`"
+        w = self.siren[0].linear.weight
+        return self.siren(self.features(positions).to(device=w.device, dtype=w.dtype))
+    forward = embed
+    def default_positions(self, T:int, device=None) -> Tensor: # (2, T) degrees
+        "T points spread evenly over the sphere (Fibonacci lattice), longitude and latitude in degrees"
+        return fibonacci_lonlat(T, device)
 
 # %% ../../../nbs/coordinates/spherical_harmonics.ipynb #e309ed0b
 @triton.jit
@@ -199,7 +193,7 @@ def _sh_coefs(L:int, device) -> Tensor: # (L, L) float32
     return C.to(device=device, dtype=torch.float32)
 
 # %% ../../../nbs/coordinates/spherical_harmonics.ipynb #b7cc6da1
-def _sh_triton(positions:Tensor, L:int, block_t:int=64) -> Tensor: # (T, L²) float32
+def sh_triton(positions:Tensor, L:int, block_t:int=64) -> Tensor: # (T, L²) float32
     "Launch the fused kernel: one program per block of `block_t` points"
     T = positions.shape[1]
     out = torch.empty(T, L * L, device=positions.device, dtype=torch.float32)
@@ -214,17 +208,4 @@ def sh_features(positions:Tensor, # (2, T) longitude, latitude in degrees
     _check_lonlat(positions); check_int(legendre_polys, "legendre_polys")
     b = resolve_backend(backend, positions)
     if b == "torch" or positions.dtype == torch.float64 or positions.requires_grad: return spherical_harmonics(positions, legendre_polys)
-    return _sh_triton(positions, legendre_polys)
-
-# %% ../../../nbs/coordinates/spherical_harmonics.ipynb #323485dc
-def bench_spherical(T:int=100_000, legendre_polys=(10, 25), device:str|None=None, budget:float=0.3) -> list: # rows: dict(L, T, device, torch_ms, triton_ms)
-    "Median time of the torch reference and of the fused Triton kernel (Triton only on CUDA) for T points, in ms"
-    from posexplorer.tools.bench import time_fn
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    p = fibonacci_lonlat(T, device)
-    rows = []
-    for L in legendre_polys:
-        row = dict(L=L, T=T, device=device, torch_ms=time_fn(lambda: spherical_harmonics(p, L), device, budget), triton_ms=None)
-        if p.is_cuda: row["triton_ms"] = time_fn(lambda: _sh_triton(p, L), device, budget)
-        rows.append(row)
-    return rows
+    return sh_triton(positions, legendre_polys)

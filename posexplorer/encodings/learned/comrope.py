@@ -6,17 +6,15 @@ Docs: https://posexplorer.github.io/posexplorer/learned/comrope.html.md"""
 
 # %% auto #0
 __all__ = ['grid_points', 'BlockRotary', 'ComRoPEAP', 'ComRoPELD', 'LieRE', 'block_rotations', 'apply_blocks', 'schur_form',
-           'spectral', 'apply_spectral', 'rope_residual', 'commutator_norm', 'ap_from_frequencies',
-           'launch_block_rotary', 'cpu_timings', 'bench_comrope', 'offset_task']
+           'spectral', 'apply_spectral', 'block_rotary_torch', 'rope_residual', 'commutator_norm',
+           'ap_from_frequencies', 'launch_block_rotary', 'block_rotary_triton']
 
 # %% ../../../nbs/learned/comrope.ipynb #0df84695
 import math, numbers, platform, types
 import torch
-from fastcore.basics import patch
 from torch import nn, Tensor
-from ...core import GeneralEncoding, register, get, check_tensor, check_nonempty, check_finite, check_int, check_positive
+from ...core import GeneralEncoding, register, check_tensor, check_nonempty, check_finite, check_int, check_positive
 from ...ops.rotary import triton, tl, resolve_backend
-from ...ops.attention import attention_logits
 
 # %% ../../../nbs/learned/comrope.ipynb #4c699f04
 def _check_axis_positions(positions, A, name="positions") -> Tensor: # (A, B|1, T)
@@ -62,6 +60,27 @@ class BlockRotary(GeneralEncoding, nn.Module):
         return grid_points(T, self.n_axes, device)
     def forward(self, q, k, positions=None, **kw): return self.transform(q, k, positions, **kw)
     def extra_repr(self): return f"dim={self.dim}, block_size={self.block_size}, n_axes={self.n_axes}, n_heads={self.n_heads}"
+    def transform(self, q:Tensor, # (B, Tq, H, D) queries
+                  k:Tensor|None, # (B, Tk, H', D) keys, or None
+                  positions:Tensor|None=None, # (A, Tq) or (A, B, Tq); default `default_positions(Tq)`
+                  *, k_positions:Tensor|None=None, # the keys' positions when they differ
+                  x:Tensor|None=None, # unused (the map does not read the tokens)
+                  backend:str="auto") -> tuple: # (q, k) rotated, dtypes kept
+        "Rotate every block of q and k by R(x) = exp(Σᵢ xᵢ Aᵢ) at the token's position x"
+        _check_qk(self, q, k)
+        if positions is None: positions = self.default_positions(q.shape[1], q.device)
+        pq = _check_axis_positions(positions, self.n_axes)
+        pk = pq if k_positions is None else _check_axis_positions(k_positions, self.n_axes, "k_positions")
+        for name, p, t in (("positions", pq, q), ("k_positions", pk, k)):
+            if t is not None and (p.shape[-1] != t.shape[1] or p.shape[1] not in (1, t.shape[0])):
+                raise ValueError(f"`{name}` of shape {tuple(p.shape)} does not cover the (B={t.shape[0]}, T={t.shape[1]}) tokens")
+        dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        be = resolve_backend(backend, q)
+        if be == "triton" and _needs_grad(self, q, k):
+            if backend == "triton": raise ValueError("`backend`='triton' is forward-only for block rotations; use backend='torch' (or 'auto') when gradients are needed")
+            be = "torch"
+        one = block_rotary_torch if be == "torch" else block_rotary_triton
+        return one(self, q, pq, dt), (None if k is None else one(self, k, pk, dt))
 
 def _skew(W, dtype=None): W = W if dtype is None else W.to(dtype); return W - W.transpose(-1, -2)
 
@@ -161,7 +180,7 @@ def _check_qk(enc, q, k):
         if x.shape[-1] != enc.dim: raise ValueError(f"`{name}` has head dim {x.shape[-1]}, but the encoding has `dim`={enc.dim}")
         if enc.n_heads not in (1, x.shape[2]): raise ValueError(f"`{name}` has {x.shape[2]} heads; the encoding's `n_heads`={enc.n_heads} must be 1 or equal")
 
-def _torch_one(enc, x, pos, dt):
+def block_rotary_torch(enc, x, pos, dt):
     "The torch path for one tensor: spectral form where the generators commute, matrix_exp blocks otherwise"
     if enc.commuting:
         V, w, ok = spectral(enc, dt)
@@ -169,30 +188,6 @@ def _torch_one(enc, x, pos, dt):
     return apply_blocks(x, block_rotations(enc, pos, dt))
 
 def _needs_grad(enc, *xs): return torch.is_grad_enabled() and (any(x is not None and x.requires_grad for x in xs) or any(p.requires_grad for p in enc.parameters()))
-
-# %% ../../../nbs/learned/comrope.ipynb #a4fa62ae
-@patch
-def transform(self:BlockRotary, q:Tensor, # (B, Tq, H, D) queries
-              k:Tensor|None, # (B, Tk, H', D) keys, or None
-              positions:Tensor|None=None, # (A, Tq) or (A, B, Tq); default `default_positions(Tq)`
-              *, k_positions:Tensor|None=None, # the keys' positions when they differ
-              x:Tensor|None=None, # unused (the map does not read the tokens)
-              backend:str="auto") -> tuple: # (q, k) rotated, dtypes kept
-    "Rotate every block of q and k by R(x) = exp(Σᵢ xᵢ Aᵢ) at the token's position x"
-    _check_qk(self, q, k)
-    if positions is None: positions = self.default_positions(q.shape[1], q.device)
-    pq = _check_axis_positions(positions, self.n_axes)
-    pk = pq if k_positions is None else _check_axis_positions(k_positions, self.n_axes, "k_positions")
-    for name, p, t in (("positions", pq, q), ("k_positions", pk, k)):
-        if t is not None and (p.shape[-1] != t.shape[1] or p.shape[1] not in (1, t.shape[0])):
-            raise ValueError(f"`{name}` of shape {tuple(p.shape)} does not cover the (B={t.shape[0]}, T={t.shape[1]}) tokens")
-    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    be = resolve_backend(backend, q)
-    if be == "triton" and _needs_grad(self, q, k):
-        if backend == "triton": raise ValueError("`backend`='triton' is forward-only for block rotations; use backend='torch' (or 'auto') when gradients are needed")
-        be = "torch"
-    one = _torch_one if be == "torch" else _triton_one
-    return one(self, q, pq, dt), (None if k is None else one(self, k, pk, dt))
 
 # %% ../../../nbs/learned/comrope.ipynb #a5267df5
 def rope_residual(enc:BlockRotary, x:Tensor, y:Tensor, # (A,) two positions
@@ -288,74 +283,10 @@ def _launch_blocks(x, tabs, B, T, H, nb, bs):
         BLOCK_S=triton.next_power_of_2(bs), BLOCK_P=triton.next_power_of_2(max(bs // 2, 1)))
     return o
 
-def _triton_one(enc, x, pos, dt):
+def block_rotary_triton(enc, x, pos, dt):
     "The Triton path for one tensor (forward only): spectral mode where the generators commute, blocks otherwise"
     with torch.no_grad():
         if enc.commuting:
             V, w, ok = spectral(enc, torch.float32)
             if ok: return launch_block_rotary(x, V=V, w=w, tau=enc.block_times(pos.to(torch.float32)))
         return launch_block_rotary(x, R=block_rotations(enc, pos, torch.float32))
-
-# %% ../../../nbs/learned/comrope.ipynb #5f2d84f1
-def _authors_dense(enc, x, pos): # (B, T, H, D): the D×D route of the authors' `get_rotation_matrix`
-    R = block_rotations(enc, pos)  # (1, T, Hg, nb, b, b)
-    Rd = torch.zeros(*R.shape[:3], enc.dim, enc.dim, dtype=R.dtype)  # (1, T, Hg, D, D)
-    for j in range(enc.n_blocks): Rd[..., j * enc.block_size:(j + 1) * enc.block_size, j * enc.block_size:(j + 1) * enc.block_size] = R[..., j, :, :]
-    return (Rd @ x[..., None])[..., 0]
-
-def cpu_timings(T:int=1024, H:int=4, D:int=64, block_size:int=8, name:str="comrope_ld", budget:float=0.3) -> dict: # ms per call (median)
-    "Median CPU time of the three torch routes for one (1, T, H, D) tensor; machine in `'machine'`"
-    from posexplorer.tools.bench import time_fn, device_name
-    enc, x = get(name, dim=D, block_size=block_size), torch.randn(1, T, H, D)
-    p = enc.default_positions(T)[:, None].float()
-    with torch.no_grad():
-        routes = {"authors: dense D×D matrix_exp": lambda: _authors_dense(enc, x, p),
-                  "matrix_exp blocks": lambda: apply_blocks(x, block_rotations(enc, p)),
-                  "spectral (Schur) form": lambda: _torch_one(enc, x, p, torch.float32)}
-        out = {k: round(time_fn(f, "cpu", budget), 2) for k, f in routes.items()}
-    return out | {"machine": device_name("cpu")}
-
-# %% ../../../nbs/learned/comrope.ipynb #f696e135
-def bench_comrope(shapes=((4, 1024, 8, 64), (4, 4096, 8, 128)), block_size:int=8, names=("comrope_ld", "liere"),
-                  dtype=torch.bfloat16, budget:float=0.3, device="cuda") -> list: # rows: name, shape, route, ms, max_err
-    "Time the ComRoPE/LieRE routes on `device` for q of each (B, T, H, D) shape; the authors' dense route only for T ≤ 1024"
-    from posexplorer.tools.bench import time_fn
-    rows = []
-    for name in names:
-        for B, T, H, D in shapes:
-            enc = get(name, dim=D, block_size=block_size).to(device)
-            x, p = torch.randn(B, T, H, D, device=device, dtype=dtype), enc.default_positions(T, device)[:, None].float()
-            routes = {"torch blocks": lambda: apply_blocks(x, block_rotations(enc, p)), "triton blocks": lambda: launch_block_rotary(x, R=block_rotations(enc, p))}
-            if enc.commuting: routes |= {"torch spectral": lambda: _torch_one(enc, x, p, torch.float32), "triton spectral": lambda: _triton_one(enc, x, p, torch.float32)}
-            if T <= 1024: routes["authors dense"] = lambda: _authors_dense(enc, x.float(), p).to(dtype)
-            with torch.no_grad():
-                ref = routes["torch blocks"]().float()
-                for route, f in routes.items():
-                    rows.append(dict(name=name, shape=(B, T, H, D), route=route, ms=round(time_fn(f, device, budget), 4),
-                                     max_err=float((f().float() - ref).abs().max())))
-    return rows
-
-# %% ../../../nbs/learned/comrope.ipynb #1585632f
-def offset_task(enc, # an encoding of head dim `dim` with 2 position axes
-                side:int=6, offset:tuple=(1, 2), steps:int=300, lr:float=0.05, dim:int=16, seed:int=0,
-                shift:tuple=(25, -13), progress:bool=True) -> dict: # final loss; accuracy and target probability on the grid and the shifted grid
-    "Train q₀, k₀ (and the encoding's parameters) so that each query attends to the key at `offset`; report accuracies"
-    from tqdm.auto import tqdm
-    torch.manual_seed(seed)
-    p = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")).flatten(1)  # (2, T)
-    tgt_pos = p + torch.tensor(offset)[:, None]
-    valid = (tgt_pos < side).all(0)
-    target = tgt_pos[0] * side + tgt_pos[1]  # (T,) index of the wanted key
-    qk = nn.Parameter(torch.randn(2, dim) * 0.5)
-    params = [qk] + (list(enc.parameters()) if isinstance(enc, nn.Module) else [])
-    opt = torch.optim.Adam(params, lr=lr)
-    def logits(pp): return attention_logits(qk[0].expand(1, side * side, 1, dim), qk[1].expand(1, side * side, 1, dim), enc, pp, pp, causal=False, backend="torch")[0, 0]
-    for _ in tqdm(range(steps), disable=not progress, leave=False):
-        loss = nn.functional.cross_entropy(logits(p)[valid], target[valid])
-        opt.zero_grad(); loss.backward(); opt.step()
-    with torch.no_grad():
-        def scores(pp):
-            z = logits(pp)[valid]
-            return (z.argmax(-1) == target[valid]).float().mean().item(), z.softmax(-1).gather(1, target[valid, None]).mean().item()
-        (acc, prob), (acc_s, prob_s) = scores(p), scores(p + torch.tensor(shift)[:, None])
-        return dict(loss=round(loss.item(), 4), acc=acc, acc_shifted=acc_s, p_target=round(prob, 4), p_target_shifted=round(prob_s, 4))

@@ -6,16 +6,13 @@ Docs: https://posexplorer.github.io/posexplorer/learned/seqpe.html.md"""
 
 # %% auto #0
 __all__ = ['position_digits', 'digits_to_position', 'digit_count', 'contrastive_loss', 'transfer_loss', 'contrastive_batch',
-           'transfer_batch', 'SeqPE', 'train_seqpe', 'similarity_heatmaps']
+           'transfer_batch', 'SeqPE']
 
 # %% ../../../nbs/learned/seqpe.ipynb #0a2aa781
-from fastcore.basics import patch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from ...core import AdditiveEncoding, register, check_int, check_tensor, check_nonempty
-from ...figures import shared as viz
 
 # %% ../../../nbs/learned/seqpe.ipynb #595febeb
 def _check_digit_positions(positions:Tensor, max_digits:int, base:int=10):
@@ -135,92 +132,39 @@ class SeqPE(AdditiveEncoding, nn.Module):
         self.dim, self.max_digits, self.hidden_dim, self.n_layers, self.n_heads, self.n_axes, self.seed = dim, max_digits, hidden_dim, n_layers, n_heads, n_axes, seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed); self._build()
+    @torch.no_grad()
+    def _build(self):
+        "The layers, initialised as the repository initialises them"
+        h, k, A = self.hidden_dim, self.max_digits, self.n_axes
+        self.digit_embed, self.slot_embed = nn.Embedding(10, h), nn.Embedding(A * k, h)
+        self.axis_embed = nn.Parameter(torch.randn(A, h) * 0.02) if A > 1 else None
+        self.readout = nn.Parameter(torch.randn(h) * 0.02)  # the [CLS] token, last
+        self.layers = nn.ModuleList(nn.TransformerEncoderLayer(h, self.n_heads, 4 * h, dropout=0.0, activation=_gelu_tanh,
+                                                              batch_first=True, norm_first=True) for _ in range(self.n_layers))
+        self.norm, self.proj = nn.LayerNorm(h), nn.Linear(h, self.dim)
+        self.apply(_gpt2_init)
+    def _tokens(self, positions:Tensor) -> Tensor: # (..., A*k) digit tokens
+        "Digits of every axis, concatenated: axis 0's k slots first"
+        check_tensor("positions", positions, floating=False)
+        if self.n_axes > 1:
+            if positions.ndim < 2 or positions.shape[0] != self.n_axes:
+                raise ValueError(f"`positions` must be (A, ...) with A = n_axes = {self.n_axes}, got shape {tuple(positions.shape)}")
+            return torch.cat(list(position_digits(positions, self.max_digits)[0]), -1)
+        if positions.ndim < 1: raise ValueError("`positions` must have at least one dim, (T,) or (B, T)")
+        return position_digits(positions, self.max_digits)[0]
+    def _encode(self, tokens:Tensor) -> Tensor: # (N, A*k) -> (N, dim)
+        "The encoder on flat digit sequences"
+        x = self.digit_embed(tokens) + self.slot_embed.weight  # (N, A*k, h)
+        if self.axis_embed is not None: x = x + self.axis_embed.repeat_interleave(self.max_digits, 0)
+        x = torch.cat([x, self.readout.expand(len(x), 1, -1)], 1)  # (N, A*k + 1, h)
+        mask = _causal_mask(x.shape[1], x.device)
+        for layer in self.layers: x = layer(x, src_mask=mask)
+        return self.proj(self.norm(x[:, -1]))  # the read-out token
+    def embed(self, positions:Tensor) -> Tensor: # (...) or (A, ...) integer positions -> (..., dim) float32
+        "SeqPE embeddings of integer positions in [0, 10**max_digits)"
+        tok = self._tokens(positions).to(self.proj.weight.device)  # (..., A*k)
+        return self._encode(tok.reshape(-1, tok.shape[-1])).reshape(*tok.shape[:-1], self.dim)
+    def forward(self, positions:Tensor) -> Tensor: return self.embed(positions)  # (..., dim)
 
 # %% ../../../nbs/learned/seqpe.ipynb #aa7d151b
 def _gelu_tanh(x): return F.gelu(x, approximate="tanh")  # the repository's `gelu_new`
-
-@patch
-@torch.no_grad()
-def _build(self:SeqPE):
-    "The layers, initialised as the repository initialises them"
-    h, k, A = self.hidden_dim, self.max_digits, self.n_axes
-    self.digit_embed, self.slot_embed = nn.Embedding(10, h), nn.Embedding(A * k, h)
-    self.axis_embed = nn.Parameter(torch.randn(A, h) * 0.02) if A > 1 else None
-    self.readout = nn.Parameter(torch.randn(h) * 0.02)  # the [CLS] token, last
-    self.layers = nn.ModuleList(nn.TransformerEncoderLayer(h, self.n_heads, 4 * h, dropout=0.0, activation=_gelu_tanh,
-                                                          batch_first=True, norm_first=True) for _ in range(self.n_layers))
-    self.norm, self.proj = nn.LayerNorm(h), nn.Linear(h, self.dim)
-    self.apply(_gpt2_init)
-
-# %% ../../../nbs/learned/seqpe.ipynb #84008fbd
-@patch
-def _tokens(self:SeqPE, positions:Tensor) -> Tensor: # (..., A*k) digit tokens
-    "Digits of every axis, concatenated: axis 0's k slots first"
-    check_tensor("positions", positions, floating=False)
-    if self.n_axes > 1:
-        if positions.ndim < 2 or positions.shape[0] != self.n_axes:
-            raise ValueError(f"`positions` must be (A, ...) with A = n_axes = {self.n_axes}, got shape {tuple(positions.shape)}")
-        return torch.cat(list(position_digits(positions, self.max_digits)[0]), -1)
-    if positions.ndim < 1: raise ValueError("`positions` must have at least one dim, (T,) or (B, T)")
-    return position_digits(positions, self.max_digits)[0]
-
-@patch
-def _encode(self:SeqPE, tokens:Tensor) -> Tensor: # (N, A*k) -> (N, dim)
-    "The encoder on flat digit sequences"
-    x = self.digit_embed(tokens) + self.slot_embed.weight  # (N, A*k, h)
-    if self.axis_embed is not None: x = x + self.axis_embed.repeat_interleave(self.max_digits, 0)
-    x = torch.cat([x, self.readout.expand(len(x), 1, -1)], 1)  # (N, A*k + 1, h)
-    mask = _causal_mask(x.shape[1], x.device)
-    for layer in self.layers: x = layer(x, src_mask=mask)
-    return self.proj(self.norm(x[:, -1]))  # the read-out token
-
-@patch
-def embed(self:SeqPE, positions:Tensor) -> Tensor: # (...) or (A, ...) integer positions -> (..., dim) float32
-    "SeqPE embeddings of integer positions in [0, 10**max_digits)"
-    tok = self._tokens(positions).to(self.proj.weight.device)  # (..., A*k)
-    return self._encode(tok.reshape(-1, tok.shape[-1])).reshape(*tok.shape[:-1], self.dim)
-
-@patch
-def forward(self:SeqPE, positions:Tensor) -> Tensor: return self.embed(positions)  # (..., dim)
-
-# %% ../../../nbs/learned/seqpe.ipynb #14bf5677
-def _embed_all(enc:SeqPE, *positions:Tensor) -> list: # each (...) -> (..., dim)
-    "Embed several position tensors with one encoder pass over their distinct positions"
-    u, inv = torch.cat([p.flatten() for p in positions]).unique(return_inverse=True)
-    e = enc.embed(u)[inv]  # (sum of sizes, dim)
-    return [x.reshape(*p.shape, -1) for x, p in zip(e.split([p.numel() for p in positions]), positions)]
-
-def train_seqpe(enc:SeqPE, steps:int=400, context:int=64, max_position:int=1024, # L, M
-                n_pivots:int=16, n_candidates:int=16, n_windows:int=4, n_offsets:int=16,
-                lr:float=3e-3, seed:int=0, progress:bool=True) -> list: # [(contrastive, transfer), ...] per step
-    "Train `enc` on the contrastive and transfer objectives alone (AdamW); the teacher side is the window [0, L)"
-    check_int(steps, "steps"); check_int(context, "context", 2); check_int(max_position, "max_position", 2)
-    if max_position - context <= context // 4: raise ValueError(f"`max_position` ({max_position}) must exceed `context` ({context}) by more than context/4")
-    opt, g, hist = torch.optim.AdamW(enc.parameters(), lr=lr, weight_decay=0.0), torch.Generator().manual_seed(seed), []
-    for _ in tqdm(range(steps), desc="seqpe", disable=not progress, leave=False):
-        pv, cd, lb = contrastive_batch(n_pivots, n_candidates, max_position, g)
-        mo, tr = transfer_batch(n_windows, n_offsets, context, max_position, g)
-        epv, ecd, emo, etr = _embed_all(enc, pv, cd, mo, tr)
-        lc, lt = contrastive_loss(epv, ecd, lb), transfer_loss(emo, etr)
-        opt.zero_grad(); (lc + lt).backward(); opt.step()
-        hist.append((lc.item(), lt.item()))
-    return hist
-
-# %% ../../../nbs/learned/seqpe.ipynb #de50f836
-def similarity_heatmaps(encodings:dict, # label -> additive encoding
-                        positions:Tensor, # (N,) the positions shown
-                        marks:dict|None=None) -> viz.go.Figure: # label -> position drawn as a line (e.g. L and M)
-    "Centred cosine similarity of the embeddings of `positions`, one heatmap per encoding"
-    fig = viz.new_figure("Do nearby positions stay alike beyond the range the objectives saw?", cols=len(encodings),
-                      subplot_titles=list(encodings), horizontal_spacing=0.08)
-    x = positions.numpy()
-    for c, enc in enumerate(encodings.values(), 1):
-        with torch.no_grad(): e = enc.embed(positions).double()  # (N, d)
-        e = F.normalize(e - e.mean(0), dim=-1)
-        fig.add_heatmap(z=(e @ e.T).numpy(), x=x, y=x, zmin=-1, zmax=1, colorscale="RdBu_r", showscale=c == 1,
-                        hovertemplate="p = %{y}, q = %{x}<br>cos = %{z:.3f}<extra></extra>", row=1, col=c)
-        fig.update_yaxes(autorange="reversed", title_text="position p" if c == 1 else None, row=1, col=c)
-        fig.update_xaxes(title_text="position q", row=1, col=c)
-        for lbl, v in (marks or {}).items():
-            fig.add_vline(x=v, line_dash="dot", line_color="black", row=1, col=c); fig.add_hline(y=v, line_dash="dot", line_color="black", row=1, col=c)
-    return fig.update_layout(height=470, width=440 * len(encodings) + 60)

@@ -9,7 +9,6 @@ __all__ = ['EVA02AT']
 
 # %% ../../../nbs/spacetime/eva02at.ipynb #9b36433a
 from dataclasses import dataclass
-from fastcore.basics import patch
 import torch
 from torch import Tensor
 from ...core import RotaryEncoding, FrequencyRotary, angles, inv_freq, register, check_positive
@@ -33,14 +32,10 @@ class EVA02AT(RotaryEncoding):
         self.temporal_inv_freq = inv_freq(d, self.temporal_base)  # (R,) every pair follows t
         self.spatial_inv_freq, smap = axial_frequencies(d, self.base)  # (R,) the first ⌈R/2⌉ pairs follow y, the rest x
         self.spatial_axis_map = smap + 1  # rows 1 (y) and 2 (x) of the positions
-
-# %% ../../../nbs/spacetime/eva02at.ipynb #d16c7ef7
-@patch
-def angles(self:EVA02AT, positions:Tensor, dtype=torch.float32) -> Tensor: # (T, R) or (B, T, R)
-    "`t ⊗ θᵗ + s ⊗ θˢ` for (3, T) or (3, B, T) positions, rows (t, y, x)"
-    check_axes(positions, 3, self.axis_names)
-    t_map = torch.zeros_like(self.spatial_axis_map)
-    return angles(positions, self.temporal_inv_freq, dtype, t_map) + angles(positions, self.spatial_inv_freq, dtype, self.spatial_axis_map)
-
-@patch(as_prop=True)
-def rotary_dim(self:EVA02AT) -> int: return 2 * len(self.temporal_inv_freq)
+    def angles(self, positions:Tensor, dtype=torch.float32) -> Tensor: # (T, R) or (B, T, R)
+        "`t ⊗ θᵗ + s ⊗ θˢ` for (3, T) or (3, B, T) positions, rows (t, y, x)"
+        check_axes(positions, 3, self.axis_names)
+        t_map = torch.zeros_like(self.spatial_axis_map)
+        return angles(positions, self.temporal_inv_freq, dtype, t_map) + angles(positions, self.spatial_inv_freq, dtype, self.spatial_axis_map)
+    @property
+    def rotary_dim(self) -> int: return 2 * len(self.temporal_inv_freq)

@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 from ...core import register, check_int
 from ..classics.rope import RoPE
-from .mrope import check_segments, add_segment_bands
-from ...figures import shared as viz
+from .mrope import check_segments
 
 # %% ../../../nbs/spacetime/mousi.ipynb #ec3b76c2
 def _visual_slots(start:int, n:int, slots:int|None) -> tuple: # ((n,) long positions, next start)

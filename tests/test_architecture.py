@@ -1,0 +1,193 @@
+"""The architecture (DESIGN.md §1, nbs/core/architecture.ipynb): layers that import only downward, a light core,
+the registry as data, no import cycles, no underscore names taken from another module."""
+import ast, importlib, json, pkgutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+import posexplorer
+from posexplorer.core import registry, names
+from posexplorer.core.catalog import CATALOG
+
+LIB = Path(posexplorer.__file__).parent
+LAYERS = ("core", "ops", "encodings", "figures", "tools")  # each imports only from those before it (or itself)
+PUBLIC_HOMES = {"kernels": "ops", "attention": "ops", "bias": "encodings", "multimodal": "encodings", "pie": "encodings", "hf": "tools"}
+HEAVY = ("plotly", "panel", "bokeh", "ipywidgets", "tqdm", "ray")  # UI and tool libraries: extras, never in the light layers
+
+
+def modules() -> dict:
+    "module name -> path of every posexplorer module"
+    out = {"posexplorer": LIB / "__init__.py"}
+    for info in pkgutil.walk_packages([str(LIB)], "posexplorer."):
+        p = LIB.joinpath(*info.name.split(".")[1:])
+        out[info.name] = p / "__init__.py" if info.ispkg else p.with_suffix(".py")
+    return out
+
+
+def layer(mod: str) -> str | None:
+    "The layer of a module: its first package under posexplorer/, or the layer a public home re-exports"
+    parts = mod.split(".")
+    if len(parts) < 2 or parts[1].startswith("_"): return None
+    return parts[1] if parts[1] in LAYERS else PUBLIC_HOMES.get(parts[1])
+
+
+def imports(mod: str, path: Path) -> list[tuple[str, tuple, int]]:
+    "(imported module, names, line) for every import statement of a module, at any depth (inside functions too)"
+    pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import): out += [(a.name, (), node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            names = tuple(a.name for a in node.names)
+            out.append((base, names, node.lineno))
+            out += [(f"{base}.{n}", (), node.lineno) for n in names if f"{base}.{n}" in MODS]  # `from pkg import submodule`
+    return out
+
+
+MODS = modules()
+
+
+def internal_edges() -> dict:
+    "module -> set of posexplorer modules it imports"
+    return {m: {t for t, _, _ in imports(m, p) if t in MODS and t != m} for m, p in MODS.items()}
+
+
+def test_layers_import_only_downward():
+    bad = []
+    for m, p in MODS.items():
+        lm = layer(m)
+        if lm is None: continue
+        for t, _, line in imports(m, p):
+            lt = layer(t) if t.startswith("posexplorer.") else None
+            if lt and LAYERS.index(lt) > LAYERS.index(lm): bad.append(f"{p.relative_to(LIB.parent)}:{line} ({lm}) imports {t} ({lt})")
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_light_layers_import_no_ui_or_tool_library():
+    bad = [f"{p.relative_to(LIB.parent)}:{line} imports {t}" for m, p in MODS.items() if layer(m) in ("core", "ops", "encodings")
+           for t, _, line in imports(m, p) if t.split(".")[0] in HEAVY]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    edges, state, cycles = internal_edges(), {}, []
+    def visit(m, stack):
+        state[m] = "open"
+        for t in sorted(edges[m]):
+            # a package's __init__ importing its own submodules is not a cycle through the package
+            if t.startswith(m + "."): continue
+            if state.get(t) == "open": cycles.append(" -> ".join(stack[stack.index(t):] + [t]) if t in stack else f"{m} -> {t}")
+            elif t not in state: visit(t, stack + [t])
+        state[m] = "done"
+    for m in sorted(edges):
+        if m not in state: visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_no_underscore_names_from_other_modules():
+    bad = [f"{p.relative_to(LIB.parent)}:{line} takes {', '.join(n for n in names if n.startswith('_'))} from {t}"
+           for m, p in MODS.items() for t, names, line in imports(m, p)
+           if t.startswith("posexplorer") and t != m and any(n.startswith("_") and not n.startswith("__") for n in names)]
+    assert not bad, "\n".join(bad)
+
+
+def test_catalog_matches_register():
+    "The generated name -> module table is what the `@register` calls record (run `make check` after a notebook edit)"
+    for m in MODS:
+        if layer(m) == "encodings" or m.startswith("posexplorer.tools.hf"): importlib.import_module(m)
+    seen = {n: (cls.__module__, dict(title=c.title, year=c.year, arxiv=c.arxiv, family=c.family, notebook=c.notebook,
+                                     properties=dict(c.properties)))
+            for n, (cls, c) in registry._REGISTRY.items() if cls.__module__.startswith("posexplorer.")}
+    assert seen == CATALOG
+    for name, (mod, card) in CATALOG.items():  # the notebook it names exists, in the folder of its module's family
+        assert (LIB.parent / "nbs" / card["notebook"]).exists(), (name, card["notebook"])
+
+
+SCRIPT = """
+import json, sys
+for m in {blocked!r}: sys.modules[m] = None  # as if the extras were not installed: importing them raises
+import torch
+base = set(sys.modules)
+from posexplorer.core import get, names
+out = {{}}
+for name in {names!r}:
+    before = set(sys.modules)
+    enc = get(name)
+    out[name] = sorted(m for m in set(sys.modules) - before if m.startswith("posexplorer."))
+    if {apply!r}:  # through attention, on the torch backend, with small inputs each encoding accepts
+        from posexplorer.ops.attention import attend
+        T, fam = 6, enc.family
+        if fam == "additive": y = enc.embed(enc.default_positions(T)); assert y.shape[0] == T and torch.isfinite(y).all(), name
+        elif fam != "none":
+            H = getattr(enc, "n_heads", 2)
+            D = max(32, getattr(enc, "rotary_dim", 0), getattr(getattr(enc, "rotary", None), "rotary_dim", 0), getattr(enc, "dim", 0) if fam != "bias" else 0)
+            m = getattr(enc, "dim_multiple", 2); D = -(-D // m) * m
+            q, k, v = torch.randn(3, 1, T, H, D).unbind(0)
+            kw = dict(x=torch.randn(1, T, enc.context_dim)) if getattr(enc, "context_dim", None) else {{}}
+            try: o = attend(q, k, v, enc, backend="torch", **kw)
+            except Exception as e: raise RuntimeError(f"{{name}}: {{e}}") from e
+            assert o.shape == q.shape and torch.isfinite(o).all(), name
+print(json.dumps(dict(per_name=out, all=sorted(m for m in set(sys.modules) - base if not m.startswith(("posexplorer", "torch"))))))
+"""
+
+
+def _run(names, blocked=HEAVY, apply=False):
+    r = subprocess.run([sys.executable, "-c", SCRIPT.format(names=list(names), blocked=list(blocked), apply=apply)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def closure(mod: str) -> set:
+    "The posexplorer modules a module imports, transitively (with the packages above each)"
+    edges, seen, todo = internal_edges(), set(), [mod]
+    while todo:
+        m = todo.pop()
+        if m in seen: continue
+        seen.add(m)
+        parts = m.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))] + sorted(edges.get(m, ()))
+    return seen
+
+
+def test_get_imports_only_the_encodings_module():
+    "`get(name)` in a fresh interpreter, UI and tool libraries blocked: it imports its module and what that imports, nothing more"
+    r = _run([names()[0]])  # the first fetch also loads the registry; the others then show only their own module
+    first = r["per_name"][names()[0]]
+    assert not any(m.startswith(("posexplorer.figures", "posexplorer.tools")) for m in first), first
+    for name in ("rope", "alibi", "yarn", "comrope_ap", "spherical_harmonics", "t5"):
+        r = _run(["rope", name]) if name != "rope" else _run(["rope"])
+        got = set(r["per_name"][name])
+        allowed = closure(CATALOG[name][0]) | closure(CATALOG["rope"][0]) | closure("posexplorer.core")
+        assert CATALOG[name][0] in got | set(r["per_name"]["rope"]), name
+        assert got <= allowed, f"get({name!r}) imported {sorted(got - allowed)} beyond its module's imports"
+
+
+def test_every_encoding_fetched_and_applied_without_extras():
+    "What a plain `pip install posexplorer` gives: every encoding is fetched with plotly, panel, tqdm and ray unimportable"
+    r = _run(names(), apply=True)
+    assert set(r["per_name"]) == set(names())
+    assert not [m for m in r["all"] if m.split(".")[0] in HEAVY]
+
+
+def test_names_and_cards_import_nothing():
+    r = subprocess.run([sys.executable, "-c", "import sys; from posexplorer.core import names, cards; n = names(); c = cards(); "
+                        "print(len(n), len(c), sorted(m for m in sys.modules if m.startswith('posexplorer.encodings')))"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    n, c, mods = r.stdout.split(" ", 2)
+    assert int(n) == int(c) == len(CATALOG) and mods.strip() == "[]"
+
+
+def test_plain_install_needs_no_extra():
+    "pyproject's dependencies: torch, numpy, fastcore and (Linux) triton; the UI and tool libraries are extras"
+    import tomllib
+    meta = tomllib.loads((LIB.parent / "pyproject.toml").read_text())["project"]
+    deps = {d.split(">")[0].split("=")[0].split(";")[0].split("<")[0].strip() for d in meta["dependencies"]}
+    assert deps == {"torch", "triton", "numpy", "fastcore"}
+    extras = meta["optional-dependencies"]
+    assert {"viz", "app", "lab", "hf", "dev"} <= set(extras)

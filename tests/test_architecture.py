@@ -191,3 +191,15 @@ def test_plain_install_needs_no_extra():
     assert deps == {"torch", "triton", "numpy", "fastcore"}
     extras = meta["optional-dependencies"]
     assert {"viz", "app", "lab", "hf", "dev"} <= set(extras)
+
+
+@pytest.mark.parametrize("module, blocked, extra", [
+    ("posexplorer.figures.shared", "plotly", "viz"), ("posexplorer.figures.mrope", "plotly", "viz"),
+    ("posexplorer.tools.app", "panel", "app"), ("posexplorer.tools.lab", "tqdm", "lab"), ("posexplorer.tools.bench", "tqdm", "lab")])
+def test_missing_extra_is_one_line_naming_it(module, blocked, extra):
+    "Importing a layer above the core without its extra: one line that says which extra to install"
+    code = f"import sys; sys.modules[{blocked!r}] = None\nimport importlib\ntry: importlib.import_module({module!r})\nexcept ImportError as e: print(type(e).__name__, '|', e)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout.strip()
+    assert out.startswith("MissingExtra |") and f"pip install 'posexplorer[{extra}]'" in out and "\n" not in out, out

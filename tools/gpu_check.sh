@@ -17,12 +17,12 @@ fi
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
 timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py tests/test_attention_kernel.py tests/test_conformance.py 2>&1 | tail -30 | tee "$OUT/cuda-tests.txt"
-bench() { timeout "$1" python3 -c "import sys; from posexplorer.cli import main; sys.exit(main(sys.argv[1:]))" bench --no-progress "${@:2}"; }
+bench() { timeout "$1" python3 -c "import sys; from posexplorer.tools.cli import main; sys.exit(main(sys.argv[1:]))" bench --no-progress "${@:2}"; }
 bench 150 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 bench 120 --attention --json "$OUT/bench-attention.json" 2>&1 | tee "$OUT/bench-attention.txt"
 # The paper kernels of the learned and coordinate notebooks: their tests on the GPU, then each one's benchmark
 # (Triton against its torch reference; the closing notes quote these as the kernels' speedups).
-timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_comrope.py tests/test_carope.py tests/test_ucpe.py tests/test_spherical.py 2>&1 | tail -20 | tee "$OUT/cuda-tests-papers.txt"
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_comrope.py tests/test_carope.py tests/test_ucpe.py tests/test_spherical_harmonics.py 2>&1 | tail -20 | tee "$OUT/cuda-tests-papers.txt"
 timeout 120 python3 - <<'PY' 2>&1 | tee "$OUT/bench-papers.txt"
 import json, os
 from posexplorer.tools.bench_comrope import bench_comrope

@@ -10,6 +10,9 @@ __all__ = ['FIELDS', 'KINDS', 'ANGLE_SAMPLE', 'SEGMENTS', 'TABS', 'NEEDS', 'nume
            'explore', 'live']
 
 # %% ../../nbs/tools/app.ipynb #dd42eed3
+from ..core.extras import require
+require("app", "posexplorer serve (posexplorer.tools.app)")  # a one-line error naming the extra, before any import that needs it
+require("viz", "posexplorer serve (posexplorer.tools.app)")
 import copy, dataclasses, functools, inspect, json, numbers, time
 import panel as pn
 import plotly.graph_objects as go

@@ -10,6 +10,8 @@ __all__ = ['BF16', 'FP16', 'FP32', 'PRESETS', 'DTYPES', 'CONTENDERS', 'TOL', 'Sh
            'command', 'run_command']
 
 # %% ../../nbs/tools/bench.ipynb #176c2d1f
+from ..core.extras import require
+require("lab", "posexplorer bench (posexplorer.tools.bench)")  # a one-line error naming the extra, before any import that needs it
 import argparse, csv, inspect, json, math, platform, shutil, statistics, time, types
 from dataclasses import dataclass
 import torch

@@ -8,6 +8,8 @@ Docs: https://posexplorer.github.io/posexplorer/tools/bench_attention.html.md"""
 __all__ = ['SHAPES', 'BIASES', 'CONTENDERS', 'AttnShape', 'run', 'AttnResults', 'table', 'command']
 
 # %% ../../nbs/tools/bench_attention.ipynb #ea8e4f94
+from ..core.extras import require
+require("lab", "posexplorer bench --attention (posexplorer.tools.bench_attention)")  # a one-line error naming the extra, before any import that needs it
 import math, statistics
 from dataclasses import dataclass
 import torch

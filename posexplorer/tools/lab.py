@@ -13,6 +13,9 @@ __all__ = ['PLUS', 'SEP', 'EOS', 'PAD', 'VOCAB', 'TASKS', 'ALIASES', 'INFERENCE_
            'findings', 'summary_table']
 
 # %% ../../nbs/tools/lab.ipynb #eac285b7
+from ..core.extras import require
+require("lab", "posexplorer lab (posexplorer.tools.lab)")  # a one-line error naming the extra, before any import that needs it
+require("viz", "posexplorer lab (posexplorer.tools.lab)")
 import argparse, concurrent.futures as cf, hashlib, inspect, json, math, os, platform, random, socket, sys, time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path

@@ -4,6 +4,8 @@
 __all__ = ['offset_task']
 
 # %% ../../nbs/learned/comrope.ipynb #e7e761cc
+from ..core.extras import require
+require("lab", "posexplorer.tools.train_comrope")  # tqdm
 import torch
 from torch import nn
 from tqdm.auto import tqdm

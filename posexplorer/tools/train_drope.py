@@ -4,6 +4,8 @@
 __all__ = ['heading_task', 'heading_match_logits', 'train_heading_match', 'heading_match_accuracy']
 
 # %% ../../nbs/learned/drope.ipynb #b06b79f3
+from ..core.extras import require
+require("lab", "posexplorer.tools.train_drope")  # tqdm
 import math
 import torch
 from torch import Tensor

@@ -4,6 +4,8 @@
 __all__ = ['psnr', 'fit_image']
 
 # %% ../../nbs/coordinates/neurbf.ipynb #71da87a6
+from ..core.extras import require
+require("lab", "posexplorer.tools.train_neurbf")  # tqdm
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm

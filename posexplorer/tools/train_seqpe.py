@@ -4,6 +4,8 @@
 __all__ = ['train_seqpe']
 
 # %% ../../nbs/learned/seqpe.ipynb #4707351a
+from ..core.extras import require
+require("lab", "posexplorer.tools.train_seqpe")  # tqdm
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm

@@ -4,6 +4,8 @@
 __all__ = ['ray_rigs', 'rig_tokens', 'ray_match_logits', 'train_ray_match']
 
 # %% ../../nbs/learned/ucpe.ipynb #9f81e475
+from ..core.extras import require
+require("lab", "posexplorer.tools.train_ucpe")  # tqdm
 import math
 import torch
 import torch.nn.functional as F

@@ -203,3 +203,22 @@ def test_missing_extra_is_one_line_naming_it(module, blocked, extra):
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout.strip()
     assert out.startswith("MissingExtra |") and f"pip install 'posexplorer[{extra}]'" in out and "\n" not in out, out
+
+
+def test_public_names_keep_their_homes():
+    "DESIGN.md §8: the public calls work from their old homes, as the same objects the layers define"
+    from posexplorer.core import inv_freq, angles, rotate, RotaryEncoding, BiasEncoding, AdditiveEncoding, GeneralEncoding, register, get, names, cards
+    from posexplorer.kernels import apply_rotary
+    from posexplorer.attention import attend
+    from posexplorer.hf import from_hf_config
+    from posexplorer.bias import alibi_slopes, t5_bucket
+    from posexplorer.multimodal import mrope_position_ids
+    from posexplorer.pie import shift_keys_
+    from posexplorer.ops import rotary, attention
+    from posexplorer.encodings.classics import bias
+    from posexplorer.encodings.spacetime import mrope
+    from posexplorer.encodings.inference import pie
+    from posexplorer.tools import hf
+    assert apply_rotary is rotary.apply_rotary and attend is attention.attend and from_hf_config is hf.from_hf_config
+    assert alibi_slopes is bias.alibi_slopes and t5_bucket is bias.t5_bucket
+    assert mrope_position_ids is mrope.mrope_position_ids and shift_keys_ is pie.shift_keys_

@@ -8,7 +8,7 @@ import math, numbers
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from ..core import BiasEncoding, check_int
+from ..core import check_int
 from ..ops.attention import attention_logits
 from . import shared as viz
 
@@ -32,7 +32,7 @@ def logit_vs_distance(encodings, # rotary and/or bias encodings: one, a list, or
     fig = viz.new_figure("How does the attention logit fall with distance under each encoding?<br><sup>q = k = 1, logit q·R_r k/√D + b_h(r)</sup>")
     z = {}
     for label, e in encs.items():
-        if isinstance(e, BiasEncoding) and e.n_heads != n_heads: raise ValueError(f"`n_heads` ({n_heads}) must match the {e.n_heads} heads of {label}")
+        if e.biases_attention and e.n_heads != n_heads: raise ValueError(f"`n_heads` ({n_heads}) must match the {e.n_heads} heads of {label}")
         z[label] = _distance_logits(e, max_distance, dim, n_heads)
     for h in heads:
         for j, (label, zl) in enumerate(z.items()):
@@ -45,7 +45,7 @@ def head_slopes_plot(encodings) -> go.Figure: # bias encodings with `linear_slop
     "The slope m_h of every head h = 1..H (log y) and, on hover, its half-distance ln 2/m_h"
     encs, fig = viz.as_encodings(encodings), viz.new_figure("How fast does each head's bias fall with distance?")
     for j, (label, e) in enumerate(encs.items()):
-        m = e.linear_slopes() if isinstance(e, BiasEncoding) else None
+        m = e.linear_slopes()  # None unless the bias is linear in the distance (ALiBi)
         if m is None: raise ValueError(f"`encodings` must be bias encodings with linear slopes, got {label}")
         m = m.double().numpy()
         fig.add_scatter(x=np.arange(1, len(m) + 1), y=m, customdata=math.log(2) / m, mode="lines+markers", name=label, line_color=viz.trace_color(j),

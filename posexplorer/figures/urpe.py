@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from ..core import BiasEncoding, check_int
+from ..core import check_int
 from ..ops.attention import attend, attention_probs
 from . import shared as viz
 from ..encodings.classics.urpe import URPE
@@ -27,7 +27,7 @@ def position_readout_plot(encodings, # bias encodings: one, a list, or a dict la
     encs = viz.as_encodings(encodings); check_int(T, "T"); check_int(head, "head", 0)
     fig = viz.new_figure("Can attention tell positions apart when every token is the same?")
     for j, (label, enc) in enumerate(encs.items()):
-        if not isinstance(enc, BiasEncoding): raise ValueError(f"`encodings` must be bias encodings, got {label}, a {enc.family} encoding")
+        if not enc.biases_attention: raise ValueError(f"`encodings` must be bias encodings, got {label}, a {enc.family} encoding")
         if head >= enc.n_heads: raise ValueError(f"`head` {head} must be below the {enc.n_heads} heads of {label}")
         fig.add_scatter(y=_constant_outputs(enc, T, causal, head), name=label, line_color=viz.trace_color(j), mode="lines+markers",
                         marker_size=4, hovertemplate="position %{x}<br>output %{y:.4f}<extra></extra>")

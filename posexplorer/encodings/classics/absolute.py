@@ -9,7 +9,6 @@ __all__ = ['sinusoidal_table', 'Sinusoidal', 'LearnedAbsolute', 'NoPE']
 
 # %% ../../../nbs/classics/absolute.ipynb #4f671905
 from dataclasses import dataclass, field
-from fastcore.basics import patch
 import torch
 from torch import nn, Tensor
 from ...core import AdditiveEncoding, Encoding, angles, inv_freq, register
@@ -66,16 +65,14 @@ class LearnedAbsolute(AdditiveEncoding, nn.Module):
         "Rows `positions` of the table, on the positions' device; integers in [0, max_positions)"
         _check_indices(positions, self.max_positions)
         return self.weight[positions.to(self.weight.device).long()].to(positions.device)
-
-# %% ../../../nbs/classics/absolute.ipynb #c6f26212
-@patch(cls_method=True)
-def from_weight(cls:LearnedAbsolute, weight:Tensor) -> LearnedAbsolute: # (max_positions, dim), e.g. GPT-2's `wpe.weight`
-    "A learned encoding with a given (trained) table: an `nn.Parameter` is kept, a tensor becomes one (sharing its storage)"
-    check_tensor("weight", weight)
-    if weight.ndim != 2: raise ValueError(f"`weight` must be (max_positions, dim), got shape {tuple(weight.shape)}")
-    enc = cls(dim=weight.shape[1], max_positions=weight.shape[0])
-    enc.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
-    return enc
+    @classmethod
+    def from_weight(cls, weight:Tensor) -> "LearnedAbsolute": # (max_positions, dim), e.g. GPT-2's `wpe.weight`
+        "A learned encoding with a given (trained) table: an `nn.Parameter` is kept, a tensor becomes one (sharing its storage)"
+        check_tensor("weight", weight)
+        if weight.ndim != 2: raise ValueError(f"`weight` must be (max_positions, dim), got shape {tuple(weight.shape)}")
+        enc = cls(dim=weight.shape[1], max_positions=weight.shape[0])
+        enc.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
+        return enc
 
 # %% ../../../nbs/classics/absolute.ipynb #799632ce
 @register("nope", title="The Impact of Positional Encoding on Length Generalization in Transformers", year=2023,

@@ -10,7 +10,6 @@ __all__ = ['alibi_slopes', 'ALiBi', 't5_bucket', 'T5Bias']
 # %% ../../../nbs/classics/bias.ipynb #95270ba1
 import math, numbers
 from dataclasses import dataclass
-from fastcore.basics import patch
 import torch
 from torch import nn, Tensor
 from ...core import BiasEncoding, register, check_tensor, check_nonempty, check_finite, check_positive, check_int
@@ -98,30 +97,23 @@ class T5Bias(BiasEncoding, nn.Module):
         check_int(self.seed, "seed", 0); check_positive(self.init_std, "init_std")
         g = torch.Generator().manual_seed(self.seed)
         self.table = nn.Parameter(torch.randn(self.n_heads, self.num_buckets, generator=g) * self.init_std)  # (H, num_buckets), learned
-
-# %% ../../../nbs/classics/bias.ipynb #8a02962a
-@patch
-def relative_bias(self:T5Bias, offsets:Tensor) -> Tensor: # (H, *offsets.shape) float32
-    "The bias at integer offsets `k - q` (any shape)"
-    check_tensor("offsets", offsets, floating=False)
-    if offsets.is_floating_point(): raise TypeError(f"`offsets` must be an integer tensor, got {offsets.dtype}")
-    bk = t5_bucket(offsets, self.bidirectional, self.num_buckets, self.max_distance)  # same shape, int64
-    return self.table.to(offsets.device, torch.float32)[:, bk]
-
-@patch
-def bias(self:T5Bias, q_positions:Tensor, k_positions:Tensor) -> Tensor: # (H, Tq, Tk) float32
-    "`table[h, bucket(k - q)]` for every query and key position `(T,)`, integers"
-    _check_bias_positions(q_positions, k_positions, integer=True)
-    return self.relative_bias(k_positions[None, :] - q_positions[:, None])  # offsets (Tq, Tk)
-
-# %% ../../../nbs/classics/bias.ipynb #eba4acdc
-@patch(cls_method=True)
-def from_hf(cls:T5Bias, attention) -> T5Bias:
-    "The bias of a Hugging Face `T5Attention` layer that owns `relative_attention_bias` (the first layer of a T5 stack)"
-    emb = getattr(attention, "relative_attention_bias", None)
-    if emb is None: raise ValueError("`attention` has no `relative_attention_bias`: only the first layer of a T5 encoder or decoder owns one")
-    w = emb.weight.detach()  # (num_buckets, H)
-    enc = cls(n_heads=w.shape[1], num_buckets=attention.relative_attention_num_buckets,
-              max_distance=attention.relative_attention_max_distance, bidirectional=not attention.is_decoder)
-    enc.table = nn.Parameter(w.T.float().cpu().contiguous())  # (H, num_buckets)
-    return enc
+    def relative_bias(self, offsets:Tensor) -> Tensor: # (H, *offsets.shape) float32
+        "The bias at integer offsets `k - q` (any shape)"
+        check_tensor("offsets", offsets, floating=False)
+        if offsets.is_floating_point(): raise TypeError(f"`offsets` must be an integer tensor, got {offsets.dtype}")
+        bk = t5_bucket(offsets, self.bidirectional, self.num_buckets, self.max_distance)  # same shape, int64
+        return self.table.to(offsets.device, torch.float32)[:, bk]
+    def bias(self, q_positions:Tensor, k_positions:Tensor) -> Tensor: # (H, Tq, Tk) float32
+        "`table[h, bucket(k - q)]` for every query and key position `(T,)`, integers"
+        _check_bias_positions(q_positions, k_positions, integer=True)
+        return self.relative_bias(k_positions[None, :] - q_positions[:, None])  # offsets (Tq, Tk)
+    @classmethod
+    def from_hf(cls, attention) -> "T5Bias":
+        "The bias of a Hugging Face `T5Attention` layer that owns `relative_attention_bias` (the first layer of a T5 stack)"
+        emb = getattr(attention, "relative_attention_bias", None)
+        if emb is None: raise ValueError("`attention` has no `relative_attention_bias`: only the first layer of a T5 encoder or decoder owns one")
+        w = emb.weight.detach()  # (num_buckets, H)
+        enc = cls(n_heads=w.shape[1], num_buckets=attention.relative_attention_num_buckets,
+                  max_distance=attention.relative_attention_max_distance, bidirectional=not attention.is_decoder)
+        enc.table = nn.Parameter(w.T.float().cpu().contiguous())  # (H, num_buckets)
+        return enc

@@ -12,12 +12,13 @@ APP_PORT ?= 5006
 .DEFAULT_GOAL := test
 
 # The CPU build of torch is installed first and pinned, so that no range below pulls a CUDA build.
-# Everything else comes from requirements.lock, so a fresh clone tests exactly what main was tested with.
+# Everything else comes from requirements.lock, so a fresh clone tests exactly what main was tested with. pip puts the
+# local CPU build of torch in first (uv does not look on this disk); uv then keeps it, since 2.13.0+cpu satisfies the pin.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip uv==0.13.9
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/uv pip install -q --python $(PY) -c requirements.lock -e '.[dev]'  # uv: the same pins, seconds instead of minutes
 	touch $@
 
 setup: $(STAMP)

@@ -20,3 +20,12 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available(): item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    "The peer releases the parity tests hold for (pinned in requirements.lock, checked by tests/test_lock.py)"
+    from importlib.metadata import PackageNotFoundError, version
+    def v(p):
+        try: return version(p)
+        except PackageNotFoundError: return "not installed"
+    return "peers: " + ", ".join(f"{p} {v(p)}" for p in ("transformers", "rotary-embedding-torch", "torch", "triton"))

@@ -52,6 +52,14 @@ def browser():
     b.close(); pw.stop()
 
 
+@pytest.fixture(scope="module")
+def context(browser):
+    "One browsing context for the module, as a reader's browser: plotly.js and MathJax are fetched and compiled once"
+    c = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield c
+    c.close()
+
+
 def _expects_math(html: str) -> bool:
     "Does the page have $...$ / $$...$$ outside code, scripts and MathJax-ignored elements?"
     s = re.sub(r"<(script|pre|code|style)\b.*?</\1>", " ", html, flags=re.S | re.I)
@@ -66,10 +74,9 @@ def _local(url: str) -> bool:
 
 
 @pytest.mark.parametrize("page_name", PAGES)
-def test_page(page_name, base_url, browser):
+def test_page(page_name, base_url, context):
     if page_name == NO_SITE: pytest.fail(NO_SITE)
     html = (DOCS / page_name).read_text(encoding="utf-8")
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors, requests = [], []
     page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text} ({m.location.get('url', '')})")
@@ -100,7 +107,7 @@ def test_page(page_name, base_url, browser):
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "rope.png"), full_page=True)
     finally:
-        context.close()
+        page.close()
 
     assert not errors, f"{page_name}: " + "\n".join(errors)
     off = sorted({u for u in requests if not _local(u)})

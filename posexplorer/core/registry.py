@@ -79,6 +79,6 @@ class CardTable(list):
     _repr_markdown_ = to_markdown
 
 def cards(family:str|None=None) -> CardTable:
-    "The paper card of every registered encoding (of one `family`), sorted by notebook then name"
-    cs = _entries()
-    return CardTable(sorted((cs[n] for n in names(family)), key=lambda c: (list(GROUPS).index(c.notebook.split('/')[0]) if c.notebook.split('/')[0] in GROUPS else len(GROUPS), c.notebook, c.name)))
+    "The paper card of every registered encoding (of one `family`), in the docs' reading order (the catalog's)"
+    keep = set(names(family))  # (checks `family`)
+    return CardTable(card for n, card in _entries().items() if n in keep)  # the catalog's order, then those registered since

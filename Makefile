@@ -51,9 +51,14 @@ check: setup
 site: setup .site-deps/node_modules/mathjax/es5/tex-chtml.js
 	$(PY) tools/build_site.py --out _docs
 
-# The notebooks are tested by `site`, which runs each once; pytest then opens every page in Chromium.
-test: setup chromium check site
-	TRITON_INTERPRET=1 $(BIN)/pytest -n 2 -q tests
+# The unit tests run beside the site build (kernel start-ups leave the two cores idle part of the time); the browser
+# tests, which need the pages, run last. A failing notebook cell fails `site`, and so `make test`, naming the cell.
+test: setup chromium check .site-deps/node_modules/mathjax/es5/tex-chtml.js
+	@mkdir -p test-artifacts; $(MAKE) --no-print-directory site > test-artifacts/site.log 2>&1 & site=$$!; rc=0; \
+	TRITON_INTERPRET=1 $(BIN)/pytest -n 2 -q -m "not browser" tests || rc=$$?; \
+	if ! wait $$site; then tr '\r' '\n' < test-artifacts/site.log | grep -v '^notebooks:' | tail -60; echo "error: make site failed"; exit 1; fi; \
+	tr '\r' '\n' < test-artifacts/site.log | grep -v '^notebooks:' | tail -3; exit $$rc
+	TRITON_INTERPRET=1 $(BIN)/pytest -n 2 -q -m browser tests
 
 # The docs on $(PORT) and the explorer app on $(APP_PORT); Ctrl-C stops both.
 serve: setup site

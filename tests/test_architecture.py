@@ -230,3 +230,29 @@ def test_public_names_keep_their_homes():
     assert apply_rotary is rotary.apply_rotary and attend is attention.attend and from_hf_config is hf.from_hf_config
     assert alibi_slopes is bias.alibi_slopes and t5_bucket is bias.t5_bucket
     assert mrope_position_ids is mrope.mrope_position_ids and shift_keys_ is pie.shift_keys_
+
+
+def test_architecture_page_shows_the_tree():
+    "nbs/core/architecture.ipynb's trees list exactly the modules and notebooks there are (refresh them when adding one)"
+    root = LIB.parent
+    text = "".join("".join(c["source"]) for c in json.loads((root / "nbs/core/architecture.ipynb").read_text())["cells"])
+    trees = text.split("```")
+    lib_tree, nb_tree = next(t for t in trees if t.lstrip().startswith("posexplorer/")), next(t for t in trees if t.lstrip().startswith("nbs/"))
+    def listed(tree, folder):
+        line = next((l for l in tree.splitlines() if l.lstrip("│ ├└─").startswith(folder + "/")), None)
+        assert line is not None, f"no line for {folder}/"
+        return set(line.lstrip("│ ├└─")[len(folder) + 1:].split())
+    def actual(d, ext): return {p.stem for p in d.iterdir() if p.suffix == ext and p.stem != "__init__"}
+    for d in [LIB / "core", LIB / "ops", LIB / "figures", LIB / "tools", *[p for p in (LIB / "encodings").iterdir() if p.is_dir() and p.name != "__pycache__"]]:
+        assert listed(lib_tree, d.name) == actual(d, ".py"), d.name
+    for d in (root / "nbs").iterdir():
+        if d.is_dir() and any(d.glob("*.ipynb")): assert listed(nb_tree, d.name) == actual(d, ".ipynb"), d.name
+
+
+def test_wheel_ships_every_subpackage():
+    "pyproject's package list takes in every layer (a plain `pip install .` once shipped posexplorer/ without core/)"
+    import tomllib
+    from setuptools import find_packages
+    include = tomllib.loads((LIB.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    shipped = set(find_packages(str(LIB.parent), include=include))
+    assert shipped == {m for m, p in MODS.items() if p.name == "__init__.py"}

@@ -43,7 +43,8 @@ NBS = ROOT / "nbs"
 TEMPLATES = ROOT / "tools" / "templates"  # nbconvert template folder: posexplorer/ extends nbconvert's "classic"
 CACHE_DIR = ROOT / ".jupyter_cache"
 MATHJAX_DIR = ROOT / ".site-deps" / "node_modules" / "mathjax" / "es5"
-EXEC_ENV = {"TRITON_INTERPRET": "1", "PLOTLY_RENDERER": "plotly_mimetype", "POSEXPLORER_STATIC": "1"}  # static: `app.live` draws no widgets
+EXEC_ENV = {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "PLOTLY_RENDERER": "plotly_mimetype", "POSEXPLORER_STATIC": "1"}  # static: `app.live` draws no widgets
+# OMP_NUM_THREADS: one torch thread per kernel, since notebooks run two at a time on two cores (six heavy notebooks: 127 s -> 63 s)
 CELL_TIMEOUT = 600  # seconds, as nbdev-test
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"

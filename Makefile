@@ -74,7 +74,7 @@ lab: setup
 bench: setup chromium
 	$(BIN)/posexplorer bench
 	$(BIN)/posexplorer bench --attention
-	$(PY) -c "from posexplorer.app import bench_updates; bench_updates()"
+	$(PY) -c "from posexplorer.tools.app import bench_updates; bench_updates()"
 	$(PY) tools/bench_app.py
 
 # README.md is generated from nbs/index.ipynb; its figure is a snapshot of the RoPE page's first figure.

@@ -74,6 +74,20 @@ def test_figure():
     f = score_scatter(dim=16, T=100, window=8, r=8)
     assert len(f.data) == 2 and f.layout.title.text.endswith("?")
 
+# ---- precision at large positions ------------------------------------------------------------------------------
+FAR = torch.tensor([2 ** 20, 2 ** 24, 2 ** 31 - 1])  # where a float32 θ_i or a float32 angle would be off by radians
+
+def test_far_positions_match_float64_reference():
+    "Scores at positions up to 2³¹ − 1: the float32 path is right to float32 rounding against RoPE written out in float64"
+    enc, theta = get("wrope", dim=32, window=4, r=8), 10000.0 ** (-torch.arange(0, 32, 2, dtype=torch.float64) / 32)
+    q, k = torch.randn(3, 32), torch.randn(3, 32)
+    def rot(x, m):  # (T, D) float64, half layout, angles m·θ_i mod 2π
+        a, x = torch.remainder(m.double()[:, None] * theta, 2 * math.pi), x.double()
+        return torch.cat([x[:, :16] * a.cos() - x[:, 16:] * a.sin(), x[:, 16:] * a.cos() + x[:, :16] * a.sin()], -1)
+    torch.testing.assert_close(enc.exact_scores(q, k, FAR, FAR - 3).double(), rot(q, FAR) @ rot(k, FAR - 3).T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(enc.apply(q[None, :, None], None, FAR, backend="torch")[0][0, :, 0].double(), rot(q, FAR), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="head dim"): enc.exact_scores(torch.randn(3, 40), torch.randn(3, 40), FAR, FAR)
+
 @pytest.mark.parametrize("kw,exc", [(dict(window=0), ValueError), (dict(r=-1), ValueError), (dict(window=2.5), TypeError), (dict(dim=7), ValueError)])
 def test_bad_construction(kw, exc):
     with pytest.raises(exc): get("wrope", **{"dim": 16, **kw})

@@ -2,6 +2,7 @@
 rfmotion/models/architectures/rfmotion_denoiser_4path.py, JointAttnProcessor2_0: each motion segment rotated by its own
 `RotaryEmbedding(dim_head, use_xpos=True).rotate_queries_and_keys`, then concatenated), run with lucidrains'
 rotary-embedding-torch; the kernel backends; bad input."""
+import math
 import pytest
 import torch
 from conftest import TOL
@@ -78,7 +79,7 @@ def test_positions_and_alignment():
 def test_triton_matches_torch(dtype, layout):
     enc = get("aligned_rope", dim=32)
     pos = aligned_position_ids([19, 18]).to(DEV)
-    q, k = torch.randn(2, 37, 3, 36, device=DEV).to(dtype), torch.randn(2, 37, 1, 36, device=DEV).to(dtype)
+    q, k = torch.randn(2, 37, 3, 32, device=DEV).to(dtype), torch.randn(2, 37, 1, 32, device=DEV).to(dtype)  # head dim = dim: no partial rotary
     t, r = enc.apply(q, k, pos, layout=layout, backend="triton"), enc.apply(q, k, pos, layout=layout, backend="torch")
     for a, b in zip(t, r): torch.testing.assert_close(a.float(), b.float(), **TOL[dtype])
 
@@ -91,8 +92,25 @@ BAD = [
     (lambda: get("aligned_rope", dim=5), ValueError, "`dim`"),
     (lambda: get("aligned_rope", scale_base=0.0), ValueError, "`scale_base`"),
     (lambda: get("aligned_rope").apply(torch.randn(1, 4, 1, 64), None, aligned_position_ids([2, 3])), ValueError, "`positions`"),
+    (lambda: get("aligned_rope", dim=32).apply(torch.randn(1, 5, 1, 36), None, aligned_position_ids([2, 3])), ValueError, "head dim 36"),
+    (lambda: get("aligned_rope").apply(torch.randn(1, 5, 1, 64), torch.randn(1, 5, 1, 60), aligned_position_ids([2, 3])), ValueError, "head dim 60"),
+    (lambda: get("aligned_rope").apply(torch.randn(1, 2, 1, 64), None, torch.tensor([0, 2 ** 31])), ValueError, "`positions`"),  # factors leave float32
+    (lambda: get("aligned_rope").apply(torch.randn(1, 2, 1, 64).half(), None, torch.tensor([0, 4000])), ValueError, "`positions`"),  # and float16
 ]
 
 @pytest.mark.parametrize("f,exc,word", BAD)
 def test_bad_input(f, exc, word):
     with pytest.raises(exc, match=word.replace("`", "")): f()
+
+def test_long_segments_within_range_match_float64():
+    "A 3000-frame segment in float16 stays within its range (|n| <= 3966 at B = 512, d = 64); a 5000-frame one is refused"
+    enc = get("aligned_rope", dim=64)
+    assert math.floor(enc.max_position(torch.float16)) == 3966 == math.floor(512 * 14 * math.log(2) / math.log(1.4 / 0.4))
+    pos = aligned_position_ids([3000, 3000])[::500]  # frames 0, 500, ..., of both segments
+    q, k = (torch.rand(2, 1, len(pos), 2, 64, dtype=torch.float64) * 2 - 1)
+    l16 = torch.einsum("bqhd,bkhd->bhqk", *enc.apply(q.half(), k.half(), pos, backend="torch")).double()
+    l64 = torch.einsum("bqhd,bkhd->bhqk", *enc.apply(q, k, pos, backend="torch"))
+    causal = pos[:, None] >= pos[None, :]  # keys not after their query: factors at most 1
+    assert torch.isfinite(l16).all()
+    torch.testing.assert_close(l16[..., causal], l64[..., causal], rtol=2e-2, atol=2e-2)  # float16 rounds q, k and the outputs (2⁻¹¹)
+    with pytest.raises(ValueError, match="positions"): enc.apply(q.half(), k.half(), aligned_position_ids([5000, 5000]), backend="torch")

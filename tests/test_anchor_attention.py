@@ -84,6 +84,18 @@ def test_figures():
     m = mask_plot([2, 3], reset_positions=True)
     assert m.data[0].z is not None and len(m.data[0].z) == 6
 
+# ---- precision at large positions ------------------------------------------------------------------------------
+FAR = torch.tensor([2 ** 20, 2 ** 24, 2 ** 31 - 1])  # where a float32 θ_i or a float32 angle would be off by radians
+
+def test_far_positions_match_float64_reference():
+    "The encoding's own apply (float32 activations) at positions up to 2³¹ − 1 is right to float32 rounding: the bf16 breakdown is not ours"
+    enc, theta = get("anchor_attention", dim=32), 10000.0 ** (-torch.arange(0, 32, 2, dtype=torch.float64) / 32)
+    q = torch.randn(1, 3, 2, 32)
+    a, x = torch.remainder(FAR.double()[:, None] * theta, 2 * math.pi)[None, :, None], q.double()  # (1, T, 1, R)
+    ref = torch.cat([x[..., :16] * a.cos() - x[..., 16:] * a.sin(), x[..., 16:] * a.cos() + x[..., :16] * a.sin()], -1)
+    torch.testing.assert_close(enc.apply(q, None, FAR, backend="torch")[0].double(), ref, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="head dim"): enc.apply(torch.randn(1, 3, 2, 40), None)  # partial rotary is asked for
+
 # ---- bad input ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad,exc,word", [([], ValueError, "is empty"), ([3, 0], ValueError, "doc_lengths"),
                                           ([2.5], TypeError, "doc_lengths"), ("abc", TypeError, "doc_lengths"),

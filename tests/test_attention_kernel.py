@@ -27,8 +27,9 @@ class _Table(BiasEncoding):
     def scale(self, qp, kp): return self._at(self.c, kp[None, :] - qp[:, None]) if self.mult else None
     def relative_scale(self, off): return self._at(self.c, off) if self.mult else None
 
-ENCODINGS = {"none": lambda H: None, "slopes": _Slopes, "table": _Table, "urpe-like": lambda H: _Table(H, mult=True),
-             "rope": lambda H: get("rope", dim=32)}
+ENCODINGS = {"none": lambda H, D: None, "slopes": lambda H, D: _Slopes(H), "table": lambda H, D: _Table(H),
+             "urpe-like": lambda H, D: _Table(H, mult=True),
+             "rope": lambda H, D: get("rope", dim=D, partial_rotary_factor=0.5)}  # (n_heads, head dim) -> encoding; RoPE over half of each head
 
 def _qkv(B, Tq, Tk, Hq, Hk, D, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -40,7 +41,7 @@ def _qkv(B, Tq, Tk, Hq, Hk, D, dtype, seed=0):
 @pytest.mark.parametrize("D", [64, 128])
 def test_kernel_matches_reference(name, causal, Tq, Tk, D):
     q, k, v = _qkv(2, Tq, Tk, 4, 2, D, torch.float32)
-    enc = ENCODINGS[name](4)
+    enc = ENCODINGS[name](4, D)
     o = attend(q, k, v, enc, causal=causal, backend="triton")
     torch.testing.assert_close(o, attend(q, k, v, enc, causal=causal, backend="torch"), **TOL[torch.float32])
 
@@ -48,7 +49,7 @@ def test_kernel_matches_reference(name, causal, Tq, Tk, D):
 @pytest.mark.parametrize("name", ["slopes", "urpe-like"])
 def test_half_precision(dtype, name):
     q, k, v = _qkv(1, 45, 45, 2, 1, 64, dtype)
-    enc = ENCODINGS[name](2)
+    enc = ENCODINGS[name](2, 64)
     o = attend(q, k, v, enc, backend="triton")
     assert o.dtype == dtype
     torch.testing.assert_close(o.float(), attend(q, k, v, enc, backend="torch").float(), **TOL[dtype])
@@ -80,5 +81,5 @@ def test_auto_falls_back_to_the_reference():
 @pytest.mark.parametrize("name", ["none", "slopes", "table", "urpe-like"])
 def test_cuda_long(name):
     q, k, v = _qkv(2, 1000, 1000, 8, 2, 128, torch.bfloat16)
-    enc = ENCODINGS[name](8)
+    enc = ENCODINGS[name](8, 128)
     torch.testing.assert_close(attend(q, k, v, enc, backend="triton").float(), attend(q, k, v, enc, backend="torch").float(), **TOL[torch.bfloat16])

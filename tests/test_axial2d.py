@@ -51,7 +51,7 @@ def test_matches_rope_vit_up_to_block_order(h, w, D):
 def test_frequencies_known_values():
     "d = 8, base 100: θ = (1, 0.1) on each axis"
     f, amap = axial_frequencies(8, 100.0)
-    torch.testing.assert_close(f, torch.tensor([1.0, 0.1, 1.0, 0.1]))
+    torch.testing.assert_close(f, torch.tensor([1.0, 0.1, 1.0, 0.1], dtype=torch.float64))
     assert amap.tolist() == [0, 0, 1, 1]
     for d in (2, 6, 10, 30):
         f, amap = axial_frequencies(d, 100.0)
@@ -78,13 +78,14 @@ def test_y_and_x_are_distinct():
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 def test_triton_matches_torch_with_gradients(layout):
-    enc = get("axial2d", dim=32)
+    enc = get("axial2d", dim=36, partial_rotary_factor=32 / 36)  # 32 features rotate, 4 pass through
     pos = grid_positions(7, 5, DEV)  # T = 35
     q = torch.randn(2, 35, 3, 36, device=DEV, requires_grad=True)
     k = torch.randn(2, 35, 1, 36, device=DEV, requires_grad=True)
     q0, k0 = q.detach().clone(), k.detach().clone()
     outs = {b: enc.apply(q, k, pos, layout=layout, backend=b) for b in ("torch", "triton")}
     for a, b in zip(outs["torch"], outs["triton"]): torch.testing.assert_close(a, b, **TOL[torch.float32])
+    assert all(torch.equal(o[0][..., 32:], q[..., 32:]) and torch.equal(o[1][..., 32:], k[..., 32:]) for o in outs.values())  # pass-through
     gt = torch.autograd.grad(sum(o.square().sum() for o in outs["torch"]), (q, k))
     gk = torch.autograd.grad(sum(o.square().sum() for o in outs["triton"]), (q, k))
     for a, b in zip(gt, gk): torch.testing.assert_close(a, b, **TOL[torch.float32])

@@ -26,4 +26,5 @@ def test_cli(tmp_path, capsys):
     js = tmp_path / "a.json"
     assert main(["bench", "--attention", "--quick", "--contenders", "sdpa,reference", "--no-progress", "--json", str(js)]) == 0
     assert "SDPA + bias" in capsys.readouterr().out and json.loads(js.read_text())["rows"]
-    assert main(["bench", "--attention", "--quick", "--contenders", "nope", "--no-progress"]) == 2
+    with pytest.raises(SystemExit) as e: main(["bench", "--attention", "--quick", "--contenders", "nope", "--no-progress"])
+    assert e.value.code == 2 and "argument --contenders: unknown `contenders` ['nope']" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """ALiBi and T5 bias (posexplorer.encodings.classics.bias) against outside references: Hugging Face's BLOOM slopes and T5 buckets and
 bias, flash-attention's documented ALiBi formula, tables computed by hand; plus bad input."""
 import math
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICES
@@ -133,6 +134,12 @@ def test_attention_kernel_uses_the_compact_forms(name, params):
     for causal in (True, False):
         torch.testing.assert_close(attend(q, k, v, enc, causal=causal, backend="triton"), attend(q, k, v, enc, causal=causal, backend="torch"), atol=1e-5, rtol=1e-5)
 
+@pytest.mark.parametrize("H", [np.int64(8), np.int32(12), np.uint8(5), np.int64(1)])
+def test_alibi_accepts_numpy_integers(H):
+    "A head count read from a numpy array or a config is any `numbers.Integral`: the same slopes as the Python int"
+    assert torch.equal(alibi_slopes(H), alibi_slopes(int(H))) and torch.equal(alibi_slopes(H, torch.float64), alibi_slopes(int(H), torch.float64))
+    assert torch.equal(get("alibi", n_heads=H).slopes, alibi_slopes(int(H)))
+
 # ---- bad input ------------------------------------------------------------------------------------------
 r = torch.arange(-5, 6)
 p = torch.arange(4)
@@ -142,6 +149,9 @@ CASES = [  # (id, call, exception, the argument its message must name)
     ("float heads", lambda: alibi_slopes(8.0), TypeError, "n_heads"),
     ("bool heads", lambda: alibi_slopes(True), TypeError, "n_heads"),
     ("string heads", lambda: alibi_slopes("8"), TypeError, "n_heads"),
+    ("numpy float heads", lambda: alibi_slopes(np.float64(8.0)), TypeError, "n_heads"),
+    ("numpy bool heads", lambda: alibi_slopes(np.bool_(True)), TypeError, "n_heads"),
+    ("numpy zero heads", lambda: alibi_slopes(np.int64(0)), ValueError, "n_heads"),
     ("half-precision slopes", lambda: alibi_slopes(8, torch.float16), TypeError, "dtype"),
     ("alibi zero heads", lambda: get("alibi", n_heads=0), ValueError, "n_heads"),
     ("alibi float heads", lambda: get("alibi", n_heads=2.5), TypeError, "n_heads"),

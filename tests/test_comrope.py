@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import get, rotate, angles, inv_freq
+from posexplorer.ops.attention import attend
 from posexplorer.encodings.learned.comrope import (ComRoPEAP, ComRoPELD, LieRE, apply_blocks, block_rotations, spectral, schur_form, _skew,
                                  ap_from_frequencies, commutator_norm, rope_residual, grid_points, launch_block_rotary, block_rotary_torch)
 
@@ -141,6 +142,86 @@ def test_training_step_changes_parameters():
     q = torch.randn(1, 9, 2, 8)
     e.transform(q, q)[0].pow(3).sum().backward(); opt.step()
     assert not torch.equal(e.weight, w0)
+
+# ---- attention, far positions --------------------------------------------------------------------------------------
+def _rotate_f64(enc, x, pos): # (B, T, H, D) float64: R(x) per token by float64 matrix_exp, independent of the encoding's routes
+    L = torch.einsum("at,hanij->thnij", pos.double(), enc.generators(torch.float64).detach())  # (T, Hg, nb, b, b)
+    R = torch.linalg.matrix_exp(L.contiguous())
+    B, T, H, D = x.shape
+    return (R @ x.double().reshape(B, T, H, enc.n_blocks, enc.block_size)[..., None])[..., 0].reshape(B, T, H, D)
+
+@pytest.mark.parametrize("name", ["comrope_ap", "comrope_ld", "liere"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("n_axes,n_heads", [(1, 4), (2, 1)])
+def test_attend_matches_float64_reference(name, backend, n_axes, n_heads):
+    "attend() on q, k, v split from one projection (strided, as the lab's model makes them; liere's matrix_exp used to fail on them)"
+    torch.manual_seed(0)
+    B, T, H, D = 2, 11, 4, 16
+    enc = get(name, dim=D, n_axes=n_axes, n_heads=n_heads)
+    q, k, v = torch.randn(B, T, 3, H, D).unbind(2)  # (B, T, H, D) each, not contiguous
+    with torch.no_grad(): out = attend(q, k, v, enc, causal=True, backend=backend)
+    p = enc.default_positions(T)
+    logits = torch.einsum("bqhd,bkhd->bhqk", _rotate_f64(enc, q, p), _rotate_f64(enc, k, p)) / math.sqrt(D)
+    logits = logits.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    ref = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v.double())
+    torch.testing.assert_close(out.double(), ref, **TOL[torch.float32])
+
+def test_attend_trains_liere_like_the_lab():
+    "The lab's path: torch backend with gradients through strided q, k from one projection, n_axes=1, one generator set per head"
+    enc, lin = get("liere", dim=8, n_axes=1, n_heads=2), torch.nn.Linear(16, 48)
+    q, k, v = lin(torch.randn(2, 7, 16)).view(2, 7, 3, 2, 8).unbind(2)
+    attend(q, k, v, enc, backend="torch").square().sum().backward()
+    assert enc.weight.grad is not None and bool(enc.weight.grad.isfinite().all()) and enc.weight.grad.abs().sum() > 0
+
+def _rotate_eig(enc, x, pos): # (B, T, H, D) float64 by eigen-decomposition with angles reduced mod 2π: no matrix_exp
+    L = torch.einsum("at,hanij->thnij", pos.double(), enc.generators(torch.float64).detach())  # (T, Hg, nb, b, b)
+    scale = L.flatten(-2).norm(dim=-1).clamp_min(1e-300)[..., None, None]
+    lam, U = torch.linalg.eigh(1j * (L / scale))  # L = −i·U diag(λ) Uᴴ·scale, so exp(L) = U diag(e^{−iλ·scale}) Uᴴ
+    phi = -lam * scale[..., 0]
+    phi = phi - 2 * math.pi * torch.round(phi / (2 * math.pi))
+    R = ((U * torch.exp(1j * phi)[..., None, :]) @ U.mH).real
+    B, T, H, D = x.shape
+    return (R @ x.double().reshape(B, T, H, enc.n_blocks, enc.block_size)[..., None])[..., 0].reshape(B, T, H, D)
+
+@pytest.mark.parametrize("name", ["comrope_ap", "comrope_ld", "liere"])
+@pytest.mark.parametrize("P", [2 ** 20, 2 ** 24, 2 ** 31 - 1])
+def test_far_positions_match_float64(name, P):
+    "Float32 q rotated at |x| up to 2^31 - 1 (float32 angles or float32 matrix_exp were off by 1 to NaN there) against an eigen route in float64"
+    torch.manual_seed(0)
+    enc = get(name, dim=16, init_std=0.1)  # max_position() > 2^31 for these generators
+    assert enc.max_position() > 2 ** 31
+    pos = torch.tensor([[P, -P, 3, P - 1, 0], [P, 5, -P, 1, -2]])
+    q = torch.randn(1, 5, 2, 16)
+    ref = _rotate_eig(enc, q, pos)
+    for backend in ("torch", "triton"):
+        with torch.no_grad(): got = enc.transform(q, None, pos, backend=backend)[0]
+        torch.testing.assert_close(got.double(), ref, **TOL[torch.float32])  # float32 output; float64 angles err by ~|angle|·2^-52 < 1e-6
+    with torch.no_grad(): got64 = enc.transform(q.double(), None, pos, backend="torch")[0]
+    torch.testing.assert_close(got64, ref, atol=1e-5, rtol=0)  # float64 in: limited by |angle|·2^-52 ≈ 1e-6 for either route, not by rounding
+
+def test_far_positions_rope_reduction():
+    "AP with 2×2 blocks at RoFormer's frequencies is RoPE: at 2^31 - 1 it matches core.rotate with float64 angles reduced mod 2π"
+    from posexplorer.core import wrap_angles
+    f = inv_freq(16)
+    enc, p = ap_from_frequencies(f), torch.tensor([0, 2 ** 20, 2 ** 24, 2 ** 31 - 1, -(2 ** 31 - 1)])
+    q = torch.randn(1, 5, 3, 16)
+    want = rotate(q.double(), wrap_angles(angles(p, f, torch.float64)), layout="interleaved")
+    for backend in ("torch", "triton"):
+        with torch.no_grad(): got = enc.transform(q, None, p, backend=backend)[0]
+        torch.testing.assert_close(got.double(), want, **TOL[torch.float32])
+
+@pytest.mark.parametrize("name", ["comrope_ap", "comrope_ld", "liere"])
+def test_past_max_position_is_refused(name):
+    enc = get(name, dim=16)
+    lim = enc.max_position()
+    assert 1e8 < lim < 1e11  # angles up to 2^32 rad at generators of norm ~1
+    far = torch.tensor([[0.0, 1.01 * lim]] * enc.n_axes, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"`k_positions` reach .* largest \|position\|") as e:
+        enc.transform(torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16), far * 0, k_positions=far)
+    assert f"{lim:.6g}" in str(e.value)
+    with pytest.raises(ValueError, match="`positions` reach"): block_rotations(enc, far)
+    near = far * (0.99 / 1.01)
+    with torch.no_grad(): assert enc.transform(torch.randn(1, 2, 1, 16), None, near)[0].isfinite().all()
 
 # ---- bad input ------------------------------------------------------------------------------------------------------
 enc8 = get("comrope_ap", dim=8)

@@ -66,9 +66,19 @@ def test_rotary_float32_matches_float64_angles(name, dim, T, shift):
 @given(dim=dims, T=st.integers(1, 70), layout=st.sampled_from(["half", "interleaved"]))
 def test_rotary_torch_triton_parity(name, dim, T, layout):
     enc = get(name, dim=dim)
-    q, k = torch.randn(2, T, 3, dim + 4, device=DEV), torch.randn(2, T, 1, dim + 4, device=DEV)
+    q, k = torch.randn(2, T, 3, dim, device=DEV), torch.randn(2, T, 1, dim, device=DEV)  # the head dim it was built for
     t, r = enc.apply(q, k, layout=layout, backend="triton"), enc.apply(q, k, layout=layout, backend="torch")
     torch.testing.assert_close(t[0], r[0], **TOL[torch.float32]); torch.testing.assert_close(t[1], r[1], **TOL[torch.float32])
+
+@pytest.mark.parametrize("name", ROTARY)
+def test_rotary_refuses_another_head_dim(name):
+    "Partial rotary is asked for, never inferred: q or k wider or narrower than the encoding's dim is refused, naming the head dim"
+    enc = get(name, dim=8)
+    x = torch.randn(1, 3, 1, 8)
+    enc.apply(x, x)  # its own head dim works
+    for D in (6, 10):
+        with pytest.raises(ValueError, match="head dim"): enc.apply(torch.randn(1, 3, 1, D), None)
+        with pytest.raises(ValueError, match="head dim"): enc.apply(x, torch.randn(1, 3, 1, D))
 
 # ---- bias -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", BIAS)

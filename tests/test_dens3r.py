@@ -60,11 +60,12 @@ def test_relative_within_a_grid():
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 def test_triton_matches_torch(layout):
-    enc = get("dens3r", dim=32, train_size=(3, 4))
+    enc = get("dens3r", dim=34, partial_rotary_factor=32 / 34, train_size=(3, 4))  # 32 features rotate, 2 pass through
     P = enc.positions(5, 7, device=DEV)
     q, k = torch.randn(2, 35, 3, 34, device=DEV), torch.randn(2, 35, 1, 34, device=DEV)
     t, r = enc.apply(q, k, P, layout=layout, backend="triton"), enc.apply(q, k, P, layout=layout, backend="torch")
     for a, b in zip(t, r): torch.testing.assert_close(a, b, **TOL[torch.float32])
+    assert torch.equal(t[0][..., 32:], q[..., 32:]) and torch.equal(r[1][..., 32:], k[..., 32:])  # pass-through
 
 BAD = [
     (lambda: interpolated_positions(0, 4), ValueError, "`h`"),

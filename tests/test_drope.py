@@ -38,14 +38,14 @@ def test_split_rule_every_even_dim(d):
     f, amap = drope_frequencies(d)
     R = d // 2; n_psi = (R + 1) // 2; n_x = (R - n_psi + 1) // 2
     assert amap.tolist() == [0] * n_x + [1] * (R - n_psi - n_x) + [2] * n_psi
-    assert f.dtype == torch.float32 and bool((f[amap == 2] == 1.0).all())
+    assert f.dtype == torch.float64 and bool((f[amap == 2] == 1.0).all())
     if R - n_psi: torch.testing.assert_close(f[amap == 0][: (amap == 1).sum()], f[amap == 1])
     assert get("drope", dim=d).rotary_dim == d
 
 def test_xy_frequencies_known_values():
     "d = 16, base 100: 4 (x, y) pairs, θ = 100^(−4j/8) = (1, 0.1) on each axis"
     f, amap = drope_frequencies(16, 100.0)
-    torch.testing.assert_close(f, torch.tensor([1.0, 0.1, 1.0, 0.1, 1.0, 1.0, 1.0, 1.0]))
+    torch.testing.assert_close(f, torch.tensor([1.0, 0.1, 1.0, 0.1, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
 
 # ---- properties ----------------------------------------------------------------------------------------------
 def _logits(enc, q, k, p): return attention_logits(q, k, enc, q_positions=p, k_positions=p, causal=False, backend="torch")
@@ -98,15 +98,16 @@ def test_scene_rotation_is_not_a_symmetry():
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 @pytest.mark.parametrize("d,T,extra", [(10, 19, 0), (32, 7, 6)])
 def test_shared_kernel_matches_torch_with_axis_map(layout, d, T, extra):
-    enc = get("drope", dim=d)
+    "The kernel's positions mode vs `enc.apply` (torch); a head `extra` features wider is the raw kernel's explicit partial rotary"
+    enc = get("drope", dim=d)  # DRoPE has no partial rotary: its `apply` takes head dim d only
     q, k = torch.randn(2, T, 4, d + extra, device=DEV), torch.randn(2, T, 2, d + extra, device=DEV)
     q0, k0 = q.clone(), k.clone()
     pos = agent_positions(T, device=DEV)
     t = apply_rotary_positions(q, k, pos, enc.inv_freq.to(DEV), enc.axis_map.to(DEV), layout=layout, backend="triton")
-    r = enc.apply(q, k, pos, layout=layout, backend="torch")
-    torch.testing.assert_close(t[0], r[0], **TOL[torch.float32]); torch.testing.assert_close(t[1], r[1], **TOL[torch.float32])
+    r = enc.apply(q[..., :d].contiguous(), k[..., :d].contiguous(), pos, layout=layout, backend="torch")
+    torch.testing.assert_close(t[0][..., :d], r[0], **TOL[torch.float32]); torch.testing.assert_close(t[1][..., :d], r[1], **TOL[torch.float32])
     assert torch.equal(q, q0) and torch.equal(k, k0)  # inputs untouched
-    assert torch.equal(t[0][..., d:], q[..., d:])  # features past the rotary dim pass through
+    assert torch.equal(t[0][..., d:], q[..., d:]) and torch.equal(t[1][..., d:], k[..., d:])  # features past the rotary dim pass through
 
 def test_gradients_through_both_backends():
     enc, T = get("drope", dim=12), 11
@@ -132,6 +133,7 @@ BAD = [
     (lambda: get("drope", base=0.0), ValueError, "`base`"),
     (lambda: get("drope", dim=8).angles(torch.zeros(2, 5)), ValueError, "`positions`"),
     (lambda: get("drope", dim=8).angles(torch.full((3, 4), float("nan"))), ValueError, "`positions`"),
+    (lambda: get("drope", dim=8).apply(torch.randn(1, 4, 1, 10), None, agent_positions(4)), ValueError, "head dim"),  # no partial rotary
     (lambda: agent_positions(0), ValueError, "`T`"),
     (lambda: agent_positions(4, spacing=-1.0), ValueError, "`spacing`"),
     (lambda: heading_score_plot({"x": get("drope")}, turns=0), ValueError, "`turns`"),

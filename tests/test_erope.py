@@ -74,11 +74,12 @@ def test_stacked_arrangement_and_disjointness():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_triton_matches_torch_with_batched_positions(dtype):
     "(3, B, T) positions: a stacked batch and a released batch, odd length"
-    enc = get("erope", dim=32)
+    enc = get("erope", dim=36, partial_rotary_factor=32 / 36)  # 32 features rotate, 4 pass through
     pos = torch.stack([erope_position_ids(3, 2, 3, a)[:, :35] for a in ARRANGEMENTS], 1).to(DEV)  # (3, 2, 35)
     q, k = torch.randn(2, 35, 3, 36, device=DEV).to(dtype), torch.randn(2, 35, 1, 36, device=DEV).to(dtype)
     t, r = enc.apply(q, k, pos, backend="triton"), enc.apply(q, k, pos, backend="torch")
     for a, b in zip(t, r): torch.testing.assert_close(a.float(), b.float(), **TOL[dtype])
+    assert torch.equal(t[0][..., 32:], q[..., 32:]) and torch.equal(r[1][..., 32:], k[..., 32:])  # pass-through
 
 # ---- bad input ------------------------------------------------------------------------------------------
 BAD = [

@@ -67,12 +67,13 @@ def test_reductions():
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 def test_triton_matches_torch_with_gradients(layout):
-    enc = get("eva02at", dim=32)
+    enc = get("eva02at", dim=34, partial_rotary_factor=32 / 34)  # 32 features rotate, 2 pass through
     P = _video(3, 3, 4)[:, :35].to(DEV)  # T = 35
     q = torch.randn(2, 35, 3, 34, device=DEV, requires_grad=True)
     k = torch.randn(2, 35, 1, 34, device=DEV, requires_grad=True)
     outs = {b: enc.apply(q, k, P, layout=layout, backend=b) for b in ("torch", "triton")}
     for a, b in zip(outs["torch"], outs["triton"]): torch.testing.assert_close(a, b, **TOL[torch.float32])
+    assert all(torch.equal(o[0][..., 32:], q[..., 32:]) and torch.equal(o[1][..., 32:], k[..., 32:]) for o in outs.values())  # pass-through
     gt = torch.autograd.grad(sum(o.square().sum() for o in outs["torch"]), (q, k))
     gk = torch.autograd.grad(sum(o.square().sum() for o in outs["triton"]), (q, k))
     for a, b in zip(gt, gk): torch.testing.assert_close(a, b, **TOL[torch.float32])

@@ -1,5 +1,6 @@
 """FreeFlux probe (`posexplorer.encodings.inference.freeflux`): shifting the keys by Δ equals moving the queries by −Δ (logits and a whole
 joint block), the probe card, the 3-axis positions, kernel parity and bad input."""
+import math
 import pytest
 import torch
 from conftest import TOL
@@ -52,7 +53,7 @@ def test_probe_zero_shift_and_masked_shift():
     assert all(c > 0 for c in probe_layers(model, text, image, p, (0.0, 1.0, 0.0)))
     mask = torch.arange(13) >= 4
     s = FreeFlux().shifted(p, torch.tensor([0.0, 0.0, 2.0])[:, None], mask)
-    assert torch.equal(s[:, :4], p[:, :4].float()) and torch.equal(s[2, 4:], p[2, 4:].float() + 2)
+    assert s.dtype == torch.float64 and torch.equal(s[:, :4], p[:, :4].double()) and torch.equal(s[2, 4:], p[2, 4:].double() + 2)
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 def test_kernel_parity_shifted_3axis(layout):
@@ -61,6 +62,31 @@ def test_kernel_parity_shifted_3axis(layout):
     x = torch.randn(2, 28, 3, 16, device=DEV)
     t = apply_rotary_positions(x, None, p, f.to(DEV), amap.to(DEV), layout=layout, backend="triton")[0]
     torch.testing.assert_close(t, rotate(x, angles(p, f.to(DEV), axis_map=amap.to(DEV)), layout), **TOL[torch.float32])
+
+# ---- precision at large positions ------------------------------------------------------------------------------
+FAR = torch.tensor([2 ** 20, 2 ** 24, 2 ** 31 - 1])  # where float32 positions, θ_i or angles would be off by radians
+
+def rotate_reference(x, angles64):
+    "Float64 reference, half layout: pair i turned by its float64 angle reduced mod 2π"
+    R, x = angles64.shape[-1], x.double()
+    a = torch.remainder(angles64, 2 * math.pi)[None, :, None]  # (1, T, 1, R)
+    return torch.cat([x[..., :R] * a.cos() - x[..., R:] * a.sin(), x[..., R:] * a.cos() + x[..., :R] * a.sin()], -1)
+
+def test_far_positions_match_float64_reference():
+    "Shifted positions stay exact (float64) near 2³¹, and the 3-axis rotation there is right to float32 rounding"
+    p = torch.stack([FAR, FAR - 7, FAR // 3])  # (3, T) index, row, column
+    s = FreeFlux().shifted(p, torch.tensor([0.0, 0.5, 3.0])[:, None])
+    assert torch.equal(s - p.double(), torch.tensor([0.0, 0.5, 3.0], dtype=torch.float64)[:, None].expand(3, 3))  # no position rounded
+    theta = torch.cat([10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d) for d in (4, 6, 6)])  # (8,)
+    axis = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2])
+    x = torch.randn(1, 3, 2, 16)
+    f, amap = axial_frequencies((4, 6, 6))
+    out = apply_rotary_positions(x, None, s, f, amap, backend="torch")[0]
+    torch.testing.assert_close(out.double(), rotate_reference(x, s[axis].T * theta), rtol=1e-6, atol=1e-6)
+    enc, q = get("freeflux", dim=16), torch.randn(1, 3, 2, 16)  # the encoding itself: RoPE
+    torch.testing.assert_close(enc.apply(q, None, FAR, backend="torch")[0].double(),
+                               rotate_reference(q, FAR.double()[:, None] * 10000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="head dim"): enc.apply(torch.randn(1, 3, 2, 20), None)  # partial rotary is asked for
 
 def test_bad_axes_dim():
     with pytest.raises(ValueError, match="axes_dim"): TinyMMDiT(MMDiTConfig(axes_dim=(4, 4, 4)))

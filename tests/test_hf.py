@@ -16,7 +16,10 @@ BACKENDS = ["torch", "triton"]
 def test_llama_inv_freq(theta, head_dim):
     cfg = LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, rope_parameters={"rope_type": "default", "rope_theta": theta})
     hf = llama.LlamaRotaryEmbedding(cfg).inv_freq
-    torch.testing.assert_close(get("rope", dim=head_dim, base=theta).inv_freq, hf, rtol=2e-6, atol=0)
+    ours = get("rope", dim=head_dim, base=theta).inv_freq  # float64; HF keeps float32, computed with a float32 pow
+    assert ours.dtype == torch.float64
+    torch.testing.assert_close(ours.float(), hf, rtol=2e-6, atol=0)  # a few float32 ulps: HF's pow and division round in float32
+    torch.testing.assert_close(hf.double(), ours, rtol=2e-6, atol=0)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -26,12 +29,21 @@ def test_llama_apply(backend, dtype):
     cfg = LlamaConfig(hidden_size=D * Hq, num_attention_heads=Hq, num_key_value_heads=Hk, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     q, k = torch.randn(B, T, Hq, D, dtype=dtype), torch.randn(B, T, Hk, D, dtype=dtype)
     pos = torch.arange(T)[None].expand(B, T) + torch.tensor([[0], [100]])  # per-batch offsets
-    cos, sin = llama.LlamaRotaryEmbedding(cfg)(q, pos)
+    rot = llama.LlamaRotaryEmbedding(cfg)
+    cos, sin = rot(q, pos)
     hq, hk = llama.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
     if backend == "triton" and dtype == torch.float64: pytest.skip("float64 activations are a torch-path feature")
-    oq, ok = apply_rotary(q, k, get("rope", dim=D).angles(pos), backend=backend)
+    hf_angles = pos[..., None].float() * rot.inv_freq  # (B, T, R) HF's angles: its float32 inv_freq times positions, rounded in float32
+    oq, ok = apply_rotary(q, k, hf_angles, backend=backend)  # the same angles: only the rotation's arithmetic differs
     tol = dict(atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(oq, hq, **tol); torch.testing.assert_close(ok, hk, **tol)
+    # Our angles are exact (float64 θ, float64 product); HF's carry its float32 roundings (pow, division: θ_i off by up to
+    # 6.7e-8 relative here; then the product p·θ_i, 2⁻²⁴): within p·θ_i·2⁻²², and not within 2⁻²⁶ (they are not ours)
+    ours = get("rope", dim=D).angles(pos, torch.float64)
+    err = (ours - hf_angles.double()).abs()
+    assert (err <= ours.abs() * 2 ** -22).all() and not (err <= ours.abs() * 2 ** -26).all()
+    ref = apply_rotary(q.double(), k.double(), ours, backend="torch")  # float64 all through
+    torch.testing.assert_close(get("rope", dim=D).apply(q, k, pos, backend=backend), tuple(r.to(dtype) for r in ref), **tol)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gpt_neox_partial_rotary(backend):

@@ -131,7 +131,8 @@ def test_matches_transformers(key):
     enc = from_hf_config(d, lt)
     hf, scale = _hf(config_cls, d, lt)
     assert enc.inv_freq.shape == hf.shape, (enc.inv_freq.shape, hf.shape)
-    torch.testing.assert_close(enc.inv_freq, hf.float(), rtol=1e-6, atol=0)
+    assert enc.inv_freq.dtype == torch.float64  # ours stay float64; HF rounds to float32 (6e-8 relative)
+    torch.testing.assert_close(enc.inv_freq.float(), hf.float(), rtol=1e-6, atol=0)
     assert math.isclose(enc.attention_scale, scale, rel_tol=1e-6), (enc.attention_scale, scale)
 
 @pytest.mark.parametrize("key", list(CONFIGS))
@@ -176,7 +177,7 @@ def test_gptj_rotary_dim():
     assert enc.rotary_dim == 64 and torch.equal(enc.inv_freq, inv_freq(64))
     from transformers.models.gptj.modeling_gptj import create_sinusoidal_positions
     sincos = create_sinusoidal_positions(3, 64)  # (3, 64): sin of positions x inv_freq, then cos
-    torch.testing.assert_close(sincos[1, :32], torch.sin(enc.inv_freq), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(sincos[1, :32].double(), torch.sin(enc.inv_freq), rtol=1e-6, atol=1e-7)  # theirs: float32 θ and sin
 
 def test_longrope_long_factors_match():
     "Past the original context both switch to the long factors"
@@ -184,7 +185,7 @@ def test_longrope_long_factors_match():
     config_cls, d, _ = _needs("phi3_mini_128k")
     hf_long, _ = ROPE_INIT_FUNCTIONS["longrope"](config_cls(**d), None, seq_len=4097)
     a = from_hf_config(d).angles(torch.tensor([0, 1, 4096]))  # max position + 1 > 4096: the long frequencies
-    torch.testing.assert_close(a[1], hf_long.float(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(a[1], hf_long.float(), rtol=1e-6, atol=0)  # float32 angles at position 1: θ_i rounded once
 
 def test_dynamic_grows_like_transformers():
     "Dynamic NTK: at a length past max_position_embeddings, the frequencies transformers recomputes"
@@ -203,7 +204,8 @@ def test_qwen2_vl_mrope_sections():
          "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}}
     enc = from_hf_config(d)
     assert enc.name == "mrope" and tuple(enc.sections) == (16, 24, 24)
-    torch.testing.assert_close(enc.inv_freq, 1.0 / 1e6 ** (torch.arange(0, 128, 2).float() / 128), rtol=1e-6, atol=0)
+    torch.testing.assert_close(enc.inv_freq, 1.0 / 1e6 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128), rtol=1e-12, atol=0)
+    torch.testing.assert_close(enc.inv_freq.float(), 1.0 / 1e6 ** (torch.arange(0, 128, 2).float() / 128), rtol=1e-6, atol=0)  # transformers' float32
     d3 = dict(d, rope_scaling={"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True})
     assert from_hf_config(d3).name == "mrope_interleaved"
 
@@ -239,6 +241,59 @@ NESTED = CONFIGS["gemma4_full"][1]
 def test_bad_configs(config, kw, exc, match):
     with pytest.raises(exc, match=match): from_hf_config(config, **kw)
 
+# A value that is present must be valid: only an absent key (or null) takes the default. `cfg.get(k) or default` would
+# read rope_theta 0 as 10000 and partial_rotary_factor 0 as 1.0, a silently different model.
+YARN = {"rope_type": "yarn", "factor": 4.0}
+INVALID = [(key, bad, cfg) for key, cfg in [
+    ("rope_theta", lambda v: dict(FLAT, rope_theta=v)),
+    ("rope_theta", lambda v: dict(FLAT, rope_scaling={"rope_type": "default", "rope_theta": v})),  # inside the rope dict
+    ("rotary_emb_base", lambda v: dict(FLAT, rotary_emb_base=v)),
+    ("partial_rotary_factor", lambda v: dict(FLAT, partial_rotary_factor=v)),
+    ("partial_rotary_factor", lambda v: dict(FLAT, rope_parameters={"rope_type": "default", "partial_rotary_factor": v})),
+    ("rotary_pct", lambda v: dict(FLAT, rotary_pct=v)),
+    ("rotary_dim", lambda v: dict(FLAT, rotary_dim=v)),
+    ("head_dim", lambda v: dict(FLAT, head_dim=v)),
+    ("qk_rope_head_dim", lambda v: dict(FLAT, qk_rope_head_dim=v)),
+    ("hidden_size", lambda v: dict(FLAT, hidden_size=v)),
+    ("num_attention_heads", lambda v: dict(FLAT, num_attention_heads=v)),
+    ("max_position_embeddings", lambda v: dict(FLAT, max_position_embeddings=v)),
+    ("original_max_position_embeddings", lambda v: dict(FLAT, rope_scaling=dict(YARN, original_max_position_embeddings=v))),
+    ("original_max_position_embeddings", lambda v: dict(FLAT, original_max_position_embeddings=v, rope_scaling=YARN)),
+] for bad in (0, -2, float("nan"), float("inf"), "64", True)]
+
+@pytest.mark.parametrize("key,bad,cfg", INVALID, ids=[f"{k}={b!r}" for k, b, _ in INVALID])
+def test_present_invalid_values_name_their_key(key, bad, cfg):
+    with pytest.raises(ValueError, match=f"`{key}`"): from_hf_config(cfg(bad))
+
+@pytest.mark.parametrize("config,match", [
+    (dict(FLAT, partial_rotary_factor=1.5), "`partial_rotary_factor` must give a rotating share in \\(0, 1\\]"),
+    (dict(FLAT, rotary_dim=128), "`rotary_dim` must give a rotating share"),  # wider than the 64-wide head
+    (dict(FLAT, head_dim=64.0), "`head_dim` must be a positive integer"),
+    (dict(FLAT, rope_scaling={"rope_type": ""}), "malformed `rope_type` ''"),  # not read as "default"
+    (dict(FLAT, rope_scaling={"rope_type": 0}), "malformed `rope_type` 0"),
+    (dict(FLAT, rope_scaling={"type": "mrope", "mrope_section": 5}), "`mrope_section` must be a list"),
+    ({"model_type": "gemma3_text", "hidden_size": 2560, "num_attention_heads": 8, "head_dim": 256, "rope_theta": 1e6, "rope_local_base_freq": 0},
+     "`rope_local_base_freq`"),
+])
+def test_other_present_invalid_values(config, match):
+    lt = "sliding_attention" if "rope_local_base_freq" in config else None
+    with pytest.raises(ValueError, match=match): from_hf_config(config, lt)
+
+def test_rope_scaling_that_is_not_a_dict_is_refused():
+    for bad in (0, False, "", []):
+        with pytest.raises(TypeError, match="must be a dict"): from_hf_config(dict(FLAT, rope_scaling=bad))
+
+def test_absent_or_null_keys_take_the_defaults():
+    "Missing or null: θ = 10000, the whole head rotates, the head dim is hidden / heads; an empty rope dict means none"
+    for cfg in (FLAT, dict(FLAT, rope_theta=None, partial_rotary_factor=None, head_dim=None, rope_scaling=None)):
+        enc = from_hf_config(cfg)
+        assert (enc.name, enc.base, enc.rotary_dim) == ("rope", 10000.0, 64)
+    assert from_hf_config(dict(FLAT, rope_scaling={}, rope_parameters={"rope_type": "linear", "factor": 2.0})).name == "linear"
+    assert from_hf_config(dict(FLAT, rope_scaling={"rope_type": None, "type": "linear", "factor": 2.0})).name == "linear"
+    p = hf_rope_parameters(dict(FLAT, rope_theta=5e5, partial_rotary_factor=0.25))
+    assert (p["rope_theta"], p["partial_rotary_factor"], p["head_dim"]) == (5e5, 0.25, 64)
+    assert from_hf_config(dict(FLAT, partial_rotary_factor=0.25)).rotary_dim == 16
+
 # ---- the proportional encoding registered by 26_hf ----------------------------------------------------------
 @pytest.mark.parametrize("head_dim,p,theta,factor", [(512, 0.25, 1e6, 1.0), (128, 0.5, 1e6, 1.0), (80, 0.3, 1e4, 2.0), (10, 0.5, 1e4, 1.0), (64, 1.0, 1e4, 4.0)])
 def test_proportional_matches_transformers(head_dim, p, theta, factor):
@@ -248,7 +303,7 @@ def test_proportional_matches_transformers(head_dim, p, theta, factor):
     hf, scale = ROPE_INIT_FUNCTIONS["proportional"](cfg, None)
     enc = get("proportional", dim=head_dim, base=theta, partial_rotary_factor=p, factor=factor)
     assert enc.rotary_dim == head_dim and int((enc.inv_freq > 0).sum()) == int(p * head_dim // 2)
-    torch.testing.assert_close(enc.inv_freq, hf, rtol=1e-6, atol=0)
+    torch.testing.assert_close(enc.inv_freq.float(), hf, rtol=1e-6, atol=0)  # ours float64, HF's float32
     assert enc.attention_scale == scale == 1.0
 
 def test_proportional_pass_through_in_each_half():

@@ -1,7 +1,11 @@
-"""The length-generalization lab (posexplorer.tools.lab): task generators against brute force, training, results files,
-the CLI's bad-input errors, and a tiny sweep through the Ray path."""
-import json, random
+"""The length-generalization lab (posexplorer.tools.lab): task generators against brute force, training, every registered
+encoding through a trial, results files (damaged ones refused), Ctrl-C, and a tiny sweep through the Ray path.
+The command line's bad options are in test_cli.py."""
+import json, os, random, signal, subprocess, sys, time
+from pathlib import Path
 from collections import Counter
+from dataclasses import replace
+import math
 import pytest
 import torch
 from posexplorer.tools import lab
@@ -55,6 +59,30 @@ def test_every_family_plugs_in(name):
     grads = [p.grad for p in lm.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
+@pytest.mark.parametrize("name", lab.names())
+def test_every_registered_encoding_runs_a_trial(name):
+    "Each registered name through the lab, on a model whose head dim (8) is below every encoding's default: trained, or scored on RoPE"
+    model = dict(d_model=16, n_heads=2, n_layers=1, d_ff=16, backend="torch")
+    c = (TrialConfig(encoding="rope", eval_with=(name,)) if name in lab.INFERENCE_ONLY else TrialConfig(encoding=name))
+    c = replace(c, task="copy", train_max=2, test_max=3, steps=1, batch_size=2, n_eval=2, model=model)
+    lab.preflight([check_config(c)])
+    rec = run_trial(c)
+    assert set(rec["accuracy"]) == {c.encoding, *c.eval_with} and all(0 <= a <= 1 for acc in rec["accuracy"].values() for a in acc.values())
+    assert all(math.isfinite(x) for x in rec["loss"])
+
+def test_rope_alibi_harmonic_rotates_the_whole_head():
+    "The lab passes the head dim, not the default 64: every feature of a 16-dim head rotates"
+    enc = lab.build_encoding("rope_alibi_harmonic", d_model=32, n_heads=2)
+    assert enc.rotary.dim == 16 and enc.n_heads == 2
+
+def test_preflight_names_an_encoding_the_lab_cannot_run(monkeypatch, tmp_path):
+    def boom(*a, **k): raise RuntimeError("kernel exploded\nsecond line")
+    monkeypatch.setattr(lab, "attend", boom)
+    monkeypatch.setattr(lab, "run_trial", lambda c: pytest.fail("a trial ran"))
+    with pytest.raises(ValueError, match="the lab cannot run encoding 'alibi': RuntimeError: kernel exploded$"):
+        sweep(plan("copy", ["alibi"], seeds=1, **TINY), tmp_path, workers=1, progress=False)
+    assert not any(tmp_path.iterdir())
+
 def test_twenty_steps_lower_the_loss():
     torch.manual_seed(0)
     c = TrialConfig(task="copy", encoding="rope", steps=20, batch_size=16, train_max=4)
@@ -87,6 +115,114 @@ def test_sweep_resumes(tmp_path):
     again = sweep(configs, tmp_path, workers=1, progress=False)["parity"]
     assert len(first) == 1 and again == load_results(tmp_path / "parity.json") and again[0]["wall_s"] == first[0]["wall_s"]
 
+def test_committed_results_pass_the_checks():
+    "The files the notebook reads, written by real sweeps, are whole: every record has every key and its config's key"
+    files = sorted((Path(__file__).parents[1] / "nbs" / "lab_results").rglob("*.json"))
+    assert files and all(load_results(p) for p in files)
+
+_REC = None
+def _record():
+    global _REC
+    _REC = _REC or run_trial(TrialConfig(task="copy", encoding="nope", **TINY))
+    return json.loads(json.dumps(_REC))
+
+def _without(*keys):
+    r = _record()
+    for k in keys: r.pop(k)
+    return json.dumps({"trials": [_record(), r]})
+
+def _wrong_key():
+    r = _record(); r["key"] = "0" * 12
+    return json.dumps({"trials": [r]})
+
+DAMAGED = [  # (file contents, words in the message)
+    (lambda: '{"trials": [\n  {"key": 1,}\n]}', "invalid JSON at line 2 column 13"),
+    (lambda: "", "invalid JSON at line 1 column 1"),
+    (lambda: '{"foo": 1}', 'no "trials" key'),
+    (lambda: '[1, 2]', 'no "trials" key'),
+    (lambda: '{"trials": {"a": 1}}', '"trials" is not a list'),
+    (lambda: '{"trials": [3]}', "record 0 is not an object"),
+    (lambda: _without("accuracy", "loss"), "record 1 is missing keys ['accuracy', 'loss']"),
+    (_wrong_key, "record 0 has key '000000000000', but its config's key is"),
+]
+
+@pytest.mark.parametrize("text,words", DAMAGED)
+def test_damaged_results_file_is_named_and_kept(text, words, tmp_path, capsys, monkeypatch):
+    "load_results says which file and what is wrong; the CLI exits with 2 before any training and leaves the file as it was"
+    text = text(); p = tmp_path / "copy.json"; p.write_text(text)
+    with pytest.raises(ValueError) as e: load_results(p)
+    assert str(p) in str(e.value) and words in str(e.value)
+    monkeypatch.setattr(lab, "run_trial", lambda c: pytest.fail("a trial ran"))
+    assert main(["lab", "run", "--quiet", "--out", str(tmp_path), "--encodings", "nope", "--seeds", "1", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(p) in err and words in err and "Traceback" not in err
+    assert p.read_text() == text and sorted(x.name for x in tmp_path.iterdir()) == ["copy.json"]
+
+def test_results_file_that_is_a_folder(tmp_path):
+    (tmp_path / "copy.json").mkdir()
+    with pytest.raises(ValueError, match="copy.json: cannot read it"): sweep(plan("copy", ["nope"], seeds=1, **TINY), tmp_path, workers=1, progress=False)
+
+def test_unwritable_out_dir_refused_before_any_trial(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(lab, "run_trial", lambda c: pytest.fail("a trial ran"))
+    with pytest.raises(ValueError, match="is not a folder"): sweep(plan("copy", ["nope"], seeds=1, **TINY), tmp_path / "file" / "out", workers=1, progress=False)
+
+# ---- Ctrl-C ---------------------------------------------------------------------------------------------
+LAB_RUN = ["lab", "run", "--quiet", "--task", "parity", "--encodings", "nope,rope,alibi,t5", "--seeds", "1", "--train-max", "2",
+           "--test-max", "3", "--steps", "2", "--batch-size", "4", "--n-eval", "2", "--workers", "1"]
+
+def test_second_ctrl_c_saves_finished_trials_and_exits_130(tmp_path, capsys, monkeypatch):
+    "A KeyboardInterrupt inside the third trial (the second Ctrl-C, or no handler): the two finished are saved, exit 130, one line"
+    real, calls = lab.run_trial, []
+    def trial(c):
+        calls.append(c)
+        if len(calls) == 3: raise KeyboardInterrupt
+        return real(c)
+    monkeypatch.setattr(lab, "run_trial", trial)
+    assert main(LAB_RUN + ["--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == f"interrupted: 2 trials finished in this run; saved 2 in {tmp_path / 'parity.json'}; rerun the same command to resume"
+    saved = load_results(tmp_path / "parity.json")
+    assert [r["config"]["encoding"] for r in saved] == ["nope", "rope"] and sorted(x.name for x in tmp_path.iterdir()) == ["parity.json"]
+    monkeypatch.setattr(lab, "run_trial", real)  # the same command resumes: two more trials, the first two kept as they were
+    assert main(LAB_RUN + ["--out", str(tmp_path)]) == 0
+    again = load_results(tmp_path / "parity.json")
+    assert again[:2] == saved and [r["config"]["encoding"] for r in again[2:]] == ["alibi", "t5"]
+
+def test_first_ctrl_c_lets_the_running_trial_finish(tmp_path, capsys, monkeypatch):
+    "SIGINT during the second trial: it finishes and is saved, no third one starts, exit 130; the handler is restored after"
+    real, calls = lab.run_trial, []
+    def trial(c):
+        calls.append(c)
+        if len(calls) == 2: os.kill(os.getpid(), signal.SIGINT); time.sleep(0.05)  # Ctrl-C while the trial runs
+        return real(c)
+    monkeypatch.setattr(lab, "run_trial", trial)
+    before = signal.getsignal(signal.SIGINT)
+    assert main(LAB_RUN + ["--out", str(tmp_path)]) == 130
+    assert len(calls) == 2 and len(load_results(tmp_path / "parity.json")) == 2 and signal.getsignal(signal.SIGINT) == before
+    err = capsys.readouterr().err
+    assert "Ctrl-C: finishing the running trials" in err and "interrupted: 2 trials finished in this run; saved 2 in" in err
+
+def test_ctrl_c_on_a_process_pool(tmp_path):
+    "A terminal's Ctrl-C (SIGINT to the whole process group) on `lab run --workers 2`: the running trials finish and are saved"
+    out = tmp_path / "out"
+    argv = ["lab", "run", "--quiet", "--task", "parity", "--encodings", "nope,rope,alibi,t5", "--seeds", "2", "--train-max", "4",
+            "--test-max", "6", "--steps", "100", "--batch-size", "8", "--n-eval", "4", "--workers", "2", "--out", str(out)]
+    code = f"import sys; from posexplorer.tools.cli import main; sys.exit(main({argv!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    f, t0 = out / "parity.json", time.time()
+    while not (f.exists() and load_results(f)):
+        assert proc.poll() is None and time.time() - t0 < 120, proc.stderr.read() if proc.poll() is not None else "timed out"
+        time.sleep(0.05)
+    seen = len(load_results(f))
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    saved = load_results(f)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert seen < len(saved) < 8, (seen, len(saved))  # the trials running at the Ctrl-C were finished, and no others began
+    assert err.strip().splitlines()[-1] == f"interrupted: {len(saved)} trials finished in this run; saved {len(saved)} in {f}; rerun the same command to resume"
+
 def test_plan_rides_inference_encodings_on_rope():
     ps = plan(["copy", "sort"], ["nope", "yarn", "APE"], seeds=2)
     assert len(ps) == 2 * 2 * 3 and {p.encoding for p in ps} == {"nope", "rope", "sinusoidal"}
@@ -102,26 +238,15 @@ BAD = [  # (call, exception, words in the message)
     (lambda: plan("copy", ["ropee"], 1), ValueError, "did you mean"),
     (lambda: plan("copy", [], 1), ValueError, "`encodings`"),
     (lambda: sweep([], engine="spark"), ValueError, "`engine`"),
+    (lambda: check_config(TrialConfig(encoding="rope", eval_with=("alibi",))), ValueError, "`eval_with` takes inference-time"),
+    (lambda: check_config(TrialConfig(encoding="alibi", eval_with=("yarn",))), ValueError, "`encoding` must be 'rope'"),
+    (lambda: check_config(TrialConfig(encoding="rope", eval_with="yarn")), TypeError, "`eval_with` must be a tuple"),
+    (lambda: lab.canonical("rotaryy"), ValueError, "unknown encoding 'rotaryy'; did you mean 'rotary'"),
 ]
 
 @pytest.mark.parametrize("call,exc,words", BAD)
 def test_bad_input_table(call, exc, words):
     with pytest.raises(exc, match=words): call()
-
-@pytest.mark.parametrize("argv,words", [
-    (["--task", "cpy"], "unknown `task`"),
-    (["--encodings", "nope,rotaryy"], "unknown encoding"),
-    (["--train-max", "0"], "--train-max must be positive"),
-    (["--test-max", "-3"], "`test_max`"),
-    (["--seeds", "0"], "`seeds`"),
-    (["--steps", "-1"], "`steps`"),
-    (["--address", "127.0.0.1:1", "--seeds", "1", "--encodings", "nope"], "no Ray cluster answers"),  # fails fast, no retry loop
-    (["--address", "head-without-port", "--seeds", "1", "--encodings", "nope"], "`--address`"),
-])
-def test_cli_bad_input_exits_cleanly(argv, words, capsys, tmp_path):
-    assert main(["lab", "run", "--quiet", "--out", str(tmp_path)] + argv) == 2
-    err = capsys.readouterr().err
-    assert words in err and "Traceback" not in err and not any(tmp_path.iterdir())
 
 # ---- scale out ------------------------------------------------------------------------------------------
 def test_ray_path_tiny_sweep(tmp_path):

@@ -30,8 +30,8 @@ def test_matches_hugging_face(head_dim, theta, factor, low, high, L0, prf):
     hf, scale = _hf(head_dim, theta, factor, low, high, L0, prf)
     enc = get("llama3", dim=head_dim, base=theta, factor=factor, low_freq_factor=low, high_freq_factor=high,
               original_max_position_embeddings=L0, partial_rotary_factor=prf)
-    assert enc.inv_freq.dtype == torch.float32 and enc.inv_freq.shape == hf.shape
-    torch.testing.assert_close(enc.inv_freq, hf, rtol=1e-6, atol=0)
+    assert enc.inv_freq.dtype == torch.float64 and enc.inv_freq.shape == hf.shape
+    torch.testing.assert_close(enc.inv_freq.float(), hf, rtol=1e-6, atol=0)  # HF computes in float32: a few ulp off
     assert enc.attention_scale == scale == 1.0
 
 def test_llama31_band_counts():
@@ -90,9 +90,36 @@ def test_shared_kernel_matches_reference(backend):
     q, k = torch.randn(2, 41, 3, 64, device=DEV), torch.randn(2, 41, 1, 64, device=DEV)
     pos = torch.arange(41, device=DEV) + 9000  # past L0
     oq, ok = enc.apply(q, k, pos, backend=backend)
-    a = enc.angles(pos.cpu())  # float32 angles, as the kernel computes them
-    torch.testing.assert_close(oq.cpu(), rotate(q.cpu(), a), **TOL[torch.float32])
-    torch.testing.assert_close(ok.cpu(), rotate(k.cpu(), a), **TOL[torch.float32])
+    a = enc.angles(pos.cpu(), torch.float64)  # a float64 reference: float32 angles near 9000 rad would be off by 5e-4
+    torch.testing.assert_close(oq.cpu().double(), rotate(q.cpu().double(), a), **TOL[torch.float32])
+    torch.testing.assert_close(ok.cpu().double(), rotate(k.cpu().double(), a), **TOL[torch.float32])
+
+# ---- precision at large positions -----------------------------------------------------------------------------
+FAR = torch.tensor([2 ** 20, 2 ** 24, 2 ** 31 - 1])  # positions where a float32 θ_i or a float32 angle would be off by radians
+
+def rotate_reference(q, positions, theta):
+    "Float64 reference, half layout: pair i turned by m·θ_i reduced mod 2π; features past 2R pass through"
+    R, x = len(theta), q.double()
+    a = torch.remainder(positions.double()[:, None] * theta, 2 * math.pi)[None, :, None]  # (1, T, 1, R)
+    x1, x2 = x[..., :R], x[..., R:2 * R]
+    return torch.cat([x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin(), x[..., 2 * R:]], -1)
+
+def test_far_positions_match_float64_reference():
+    "Meta's apply_scaling written out in float64 (Llama 3.1: d = 128, b = 5·10⁵, s = 8, factors 1/4, L0 = 8192): float32 apply to rounding"
+    d, b, s, L0 = 128, 500000.0, 8.0, 8192
+    theta = b ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    wavelen = 2 * math.pi / theta
+    g = ((L0 / wavelen - 1) / (4 - 1)).clamp(0, 1)  # 1: kept (wavelength < L0/4), 0: divided by s (> L0)
+    ref_theta = (1 - g) * theta / s + g * theta
+    enc = get("llama3", dim=d, base=b, factor=s)
+    q = torch.randn(1, len(FAR), 3, d)
+    torch.testing.assert_close(enc.apply(q, None, FAR, backend="torch")[0].double(), rotate_reference(q, FAR, ref_theta), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(enc.angles(FAR, torch.float64), FAR.double()[:, None] * ref_theta, rtol=1e-13, atol=0)  # float64 throughout
+
+def test_head_dim_must_match():
+    "Partial rotary is asked for (partial_rotary_factor), never inferred from a wider head"
+    q = torch.randn(1, 5, 2, 80)
+    with pytest.raises(ValueError, match="head dim"): get("llama3", dim=64).apply(q, q.clone())
 
 @pytest.mark.parametrize("params,exc,arg", [
     (dict(factor=0.5), ValueError, "factor"),

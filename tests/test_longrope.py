@@ -37,8 +37,9 @@ def test_phi3_mini_128k_frequencies_and_scale():
     short, scale = _hf(cfg)
     long, _ = _hf(cfg, seq_len=4097)
     at_l0, _ = _hf(cfg, seq_len=4096)
-    torch.testing.assert_close(PHI3.inv_freq, short, rtol=1e-6, atol=0)
-    torch.testing.assert_close(PHI3.long_inv_freq, long, rtol=1e-6, atol=0)
+    assert PHI3.inv_freq.dtype == PHI3.long_inv_freq.dtype == torch.float64
+    torch.testing.assert_close(PHI3.inv_freq.float(), short, rtol=1e-6, atol=0)  # HF computes in float32: a few ulp off
+    torch.testing.assert_close(PHI3.long_inv_freq.float(), long, rtol=1e-6, atol=0)
     torch.testing.assert_close(at_l0, short, rtol=0, atol=0)  # L = L₀ is still short
     assert math.isclose(PHI3.attention_scale, scale, rel_tol=1e-12) and round(scale, 4) == 1.1902
 
@@ -67,7 +68,7 @@ def test_synthetic_lists_match_hugging_face(head_dim, partial, original, max_len
     short, scale = _hf(cfg); long, _ = _hf(cfg, seq_len=original + 1)
     ours = get("longrope", dim=head_dim, short_factor=SYN_SHORT, long_factor=SYN_LONG, original_max_position_embeddings=original,
                max_position_embeddings=max_len, **rope, **({"partial_rotary_factor": partial} if partial else {}))
-    torch.testing.assert_close(ours.inv_freq, short, rtol=1e-6, atol=0); torch.testing.assert_close(ours.long_inv_freq, long, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ours.inv_freq.float(), short, rtol=1e-6, atol=0); torch.testing.assert_close(ours.long_inv_freq.float(), long, rtol=1e-6, atol=0)
     assert math.isclose(ours.attention_scale, scale, rel_tol=1e-12)
 
 # ---- the attention factor -------------------------------------------------------------------------------
@@ -104,10 +105,34 @@ def test_relative_within_a_regime_not_across():
 @pytest.mark.parametrize("T", [13, 37])
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 def test_triton_matches_torch_in_both_regimes(T, layout):
-    enc = get("longrope", dim=16, short_factor=SYN_SHORT[:8], long_factor=SYN_LONG[:8], original_max_position_embeddings=16)
+    enc = get("longrope", dim=20, partial_rotary_factor=0.8, short_factor=SYN_SHORT[:8], long_factor=SYN_LONG[:8], original_max_position_embeddings=16)
+    assert enc.rotary_dim == 16  # 4 of the 20 features pass through
     q, k = torch.randn(2, T, 3, 20, device=DEV), torch.randn(2, T, 1, 20, device=DEV)
     t, r = enc.apply(q, k, layout=layout, backend="triton"), enc.apply(q, k, layout=layout, backend="torch")
     torch.testing.assert_close(t[0], r[0], **TOL[torch.float32]); torch.testing.assert_close(t[1], r[1], **TOL[torch.float32])
+
+# ---- precision at large positions -----------------------------------------------------------------------
+FAR = torch.tensor([2 ** 20, 2 ** 24, 2 ** 31 - 1])  # positions where a float32 θ_i or a float32 angle would be off by radians
+
+def rotate_reference(q, positions, theta, scale=1.0):
+    "Float64 reference, half layout: pair i turned by m·θ_i reduced mod 2π, times `scale`; features past 2R pass through"
+    R, x = len(theta), q.double()
+    a = torch.remainder(positions.double()[:, None] * theta, 2 * math.pi)[None, :, None]  # (1, T, 1, R)
+    x1, x2 = x[..., :R], x[..., R:2 * R]
+    return torch.cat([(x1 * a.cos() - x2 * a.sin()) * scale, (x2 * a.cos() + x1 * a.sin()) * scale, x[..., 2 * R:]], -1)
+
+def test_far_positions_match_float64_reference():
+    "Phi-3-mini-128k past L₀: θ_i / long_factor[i] and √(1 + ln 32 / ln 4096) in float64; float32 apply at m up to 2³¹ − 1 to rounding"
+    theta = 10000.0 ** (-torch.arange(0, 96, 2, dtype=torch.float64) / 96) / torch.tensor(PHI3_MINI_128K["long_factor"], dtype=torch.float64)
+    q = torch.randn(1, len(FAR), 3, 96)
+    ref = rotate_reference(q, FAR, theta, math.sqrt(1 + math.log(32) / math.log(4096)))
+    torch.testing.assert_close(PHI3.apply(q, None, FAR, backend="torch")[0].double(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(PHI3.angles(FAR, torch.float64), FAR.double()[:, None] * theta, rtol=1e-14, atol=0)  # float64 throughout
+
+def test_head_dim_must_match():
+    "Partial rotary is asked for (partial_rotary_factor), never inferred from a wider head"
+    q = torch.randn(1, 5, 2, 100)
+    with pytest.raises(ValueError, match="head dim"): PHI3.apply(q, q.clone())
 
 # ---- bad input ------------------------------------------------------------------------------------------
 BAD = [

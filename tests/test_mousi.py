@@ -48,11 +48,12 @@ def test_matches_hf_llama_rotary_with_our_positions(slots):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_triton_matches_torch(dtype):
-    enc = get("mousi", dim=32, slots=3)
+    enc = get("mousi", dim=36, partial_rotary_factor=32 / 36, slots=3)  # 32 features rotate, 4 pass through
     pos = enc.position_ids([("text", 6), ("image", (1, 5, 5)), ("text", 6)])[0].to(DEV)  # 37 tokens
     q, k = torch.randn(2, 37, 3, 36, device=DEV).to(dtype), torch.randn(2, 37, 1, 36, device=DEV).to(dtype)
     t, r = enc.apply(q, k, pos, backend="triton"), enc.apply(q, k, pos, backend="torch")
     for a, b in zip(t, r): torch.testing.assert_close(a.float(), b.float(), **TOL[dtype])
+    assert torch.equal(t[0][..., 32:], q[..., 32:]) and torch.equal(r[1][..., 32:], k[..., 32:])  # pass-through
 
 BAD = [
     (lambda: mousi_position_ids(SAM, 0), ValueError, "`slots`"),

@@ -12,6 +12,7 @@ from posexplorer.ops.rotary import apply_rotary_positions
 from posexplorer.encodings.spacetime.mrope import (MRoPE, MRoPEInterleaved, mrope_position_ids, contiguous_axes, interleaved_axes,
                                     scaled_sections)
 from posexplorer.figures.mrope import position_ids_plot, grid_attention_map
+from posexplorer.encodings.spacetime.eva02at import EVA02AT
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # Triton runs on CUDA tensors, or interpreted on CPU tensors (conftest)
 ENCODINGS = ["mrope", "mrope_interleaved"]
@@ -318,3 +319,41 @@ def test_bad_figure_input():
     with pytest.raises(ValueError, match="`schemes` is empty"): position_ids_plot(MIXED, [])
     with pytest.raises(ValueError, match="3 position axes"): grid_attention_map(get("rope", dim=16))
     with pytest.raises(ValueError, match="`scheme`"): position_ids_plot(MIXED, ["nope"])
+
+# ---- far positions: every rotary encoding of nbs/spacetime (but aligned_rope) and nbs/learned ----------------------------
+FAR_ROTARY = ["mrope", "mrope_interleaved", "videorope", "hope", "erope", "mousi", "axial2d", "dens3r", "rpe2d", "star", "eva02at", "drope"]
+
+def _angles_f64(enc, pos): # (T, R) float64 from the encoding's float64 frequencies, computed here: t ⊗ θ per pair's axis
+    def per_axis(f, amap): return (pos.double()[amap] if amap is not None else pos.double()[None].expand(len(f), -1)).T * f.double()
+    if isinstance(enc, EVA02AT):  # every pair turns by t·θᵗ + s·θˢ
+        return per_axis(enc.temporal_inv_freq, torch.zeros_like(enc.spatial_axis_map)) + per_axis(enc.spatial_inv_freq, enc.spatial_axis_map)
+    return per_axis(enc.inv_freq, enc.axis_map)
+
+@pytest.mark.parametrize("name", FAR_ROTARY)
+@pytest.mark.parametrize("P", [2 ** 20, 2 ** 24, 2 ** 31 - 1])
+def test_far_positions_match_float64(name, P):
+    "angles(positions, float64) is float64 throughout (a float32 step would be off by |angle|·6e-8: 128 rad at 2^31), and apply in float32 is right"
+    enc = get(name, dim=32)
+    vals = torch.tensor([P, -P, P - 1, 3, 0, -(P - 1), 7])  # (T,) exact as int64
+    pos = vals if enc.n_axes == 1 else torch.stack([vals.roll(a) for a in range(enc.n_axes)])  # (A, T)
+    ref = _angles_f64(enc, pos)
+    a64 = enc.angles(pos, torch.float64)
+    assert a64.dtype == torch.float64 and all(t.dtype == torch.float64 for t in (getattr(enc, "inv_freq", None), getattr(enc, "temporal_inv_freq", None)) if t is not None)
+    torch.testing.assert_close(a64, ref, rtol=2 ** -50, atol=0)  # the same float64 products, up to the order of a sum
+    g = torch.Generator().manual_seed(P % 1000)
+    q, k = torch.randn(1, 7, 3, 32, generator=g, device="cpu").to(DEV), torch.randn(1, 7, 1, 32, generator=g).to(DEV)
+    r64 = ref - 2 * math.pi * torch.round(ref / (2 * math.pi))  # reduced in float64: the float64 reference rotation
+    want = rotate(q.double(), r64.to(DEV)), rotate(k.double(), r64.to(DEV))
+    outs = [enc.apply(q, k, pos.to(DEV), backend=b) for b in ("torch", "triton")]
+    if getattr(enc, "inv_freq", None) is not None:  # the kernel's positions mode: float64 products and wrap inside the kernel
+        outs.append(apply_rotary_positions(q, k, pos.to(DEV), enc.inv_freq.to(DEV), None if enc.axis_map is None else enc.axis_map.to(DEV), backend="triton"))
+    for out in outs:
+        for o, w in zip(out, want): torch.testing.assert_close(o.double(), w, **TOL[torch.float32])
+
+@pytest.mark.parametrize("name", FAR_ROTARY)
+def test_head_dim_must_match(name):
+    "Partial rotary is asked for (partial_rotary_factor), never inferred from a wider q or k"
+    enc = get(name, dim=16)
+    pos = enc.default_positions(5)
+    with pytest.raises(ValueError, match="head dim"): enc.apply(torch.randn(1, 5, 2, 20), None, pos)
+    with pytest.raises(ValueError, match="head dim"): enc.apply(torch.randn(1, 5, 2, 16), torch.randn(1, 5, 1, 12), pos)

@@ -29,7 +29,8 @@ def test_hf_dynamic_inv_freq(head_dim, theta, factor, L0, partial):
     cfg = _dynamic_config(head_dim, theta, factor, L0, partial)
     enc = get("dynamic_ntk", dim=head_dim, base=theta, factor=factor, original_max_position_embeddings=L0, partial_rotary_factor=partial)
     init, scale = ROPE_INIT_FUNCTIONS["dynamic"](cfg, None)  # at initialization HF uses seq_len = max_position_embeddings
-    torch.testing.assert_close(enc.inv_freq, init, rtol=1e-6, atol=0)
+    assert enc.inv_freq.dtype == torch.float64
+    torch.testing.assert_close(enc.inv_freq.float(), init, rtol=1e-6, atol=0)  # HF computes in float32: a few ulp off
     assert enc.attention_scale == scale == 1.0 and enc.rotary_dim == 2 * len(init)
     for L in (1, L0 // 3, L0 - 1, L0, L0 + 1, L0 + 17, 2 * L0, 3 * L0 + 5, 8 * L0, 50 * L0 + 1):
         hf = _compute_dynamic_ntk_parameters(cfg, None, seq_len=L)[0]
@@ -133,7 +134,7 @@ def test_ntk_formula(d, base, s):
     "θ'_i = (b·s^(d/(d−2)))^(−2i/d) = θ_i·s^(−2i/(d−2)): 1 for pair 0, s for the last"
     enc = get("ntk", dim=d, base=base, factor=s)
     want = 1 / (base * s ** (d / (d - 2))) ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    torch.testing.assert_close(enc.inv_freq, want.float(), rtol=0, atol=0)  # rounded once from float64
+    torch.testing.assert_close(enc.inv_freq, want, rtol=1e-15, atol=0)  # float64; `core.inv_freq` writes it 1/base**expo, a few ulp apart
     i = torch.arange(d // 2, dtype=torch.float64)
     torch.testing.assert_close(inv_freq(d, base, torch.float64) / want, s ** (2 * i / (d - 2)), rtol=1e-12, atol=0)
     assert enc.inv_freq[0] == 1.0
@@ -153,15 +154,15 @@ def test_ntk_equals_hf_dynamic_at_identity_length(head_dim, theta, factor, L0, p
     L = int(L0 * (2 - 1 / factor))
     hf = _compute_dynamic_ntk_parameters(cfg, None, seq_len=L)[0]
     enc = get("ntk", dim=head_dim, base=theta, factor=factor, partial_rotary_factor=partial)
-    torch.testing.assert_close(enc.inv_freq, hf, rtol=1e-6, atol=0)
+    torch.testing.assert_close(enc.inv_freq.float(), hf, rtol=1e-6, atol=0)  # HF's float32 θ: a few ulp off
     dyn = get("dynamic_ntk", dim=head_dim, base=theta, factor=factor, original_max_position_embeddings=L0, partial_rotary_factor=partial)
-    assert dyn.alpha(L) == factor and torch.equal(dyn.inv_freq_at(L).float(), enc.inv_freq)
+    assert dyn.alpha(L) == factor and torch.equal(dyn.inv_freq_at(L), enc.inv_freq)
 
 @pytest.mark.parametrize("D,s", [(32, 4.0), (64, 2.0), (128, 8.0), (6, 3.0)])
 def test_lucidrains_theta_rescale_factor(D, s):
     "rotary-embedding-torch's theta_rescale_factor is bloc97's formula"
     RotaryEmbedding = pytest.importorskip("rotary_embedding_torch").RotaryEmbedding
-    torch.testing.assert_close(get("ntk", dim=D, factor=s).inv_freq, RotaryEmbedding(D, theta_rescale_factor=s).freqs.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(get("ntk", dim=D, factor=s).inv_freq.float(), RotaryEmbedding(D, theta_rescale_factor=s).freqs.detach(), rtol=1e-6, atol=0)  # theirs float32
 
 # ---- dynamic NTK properties ---------------------------------------------------------------------------------------
 def test_dynamic_is_rope_up_to_L0_and_static_ntk_past_it():
@@ -186,6 +187,33 @@ def test_dynamic_float32_float64_agree_far_past_L0():
     enc = get("dynamic_ntk", dim=64)
     pos = torch.arange(100_000, 100_050)
     torch.testing.assert_close(enc.angles(pos).double(), enc.angles(pos, torch.float64), rtol=1e-6, atol=1e-6)
+
+# ---- precision at large positions -------------------------------------------------------------------------------------
+FAR = torch.tensor([2 ** 20, 2 ** 24, 2 ** 31 - 1])  # positions where a float32 θ_i or a float32 angle would be off by radians
+
+def rotate_reference(q, positions, theta):
+    "Float64 reference, half layout: pair i turned by m·θ_i reduced mod 2π; features past 2R pass through"
+    R, x = len(theta), q.double()
+    a = torch.remainder(positions.double()[:, None] * theta, 2 * math.pi)[None, :, None]  # (1, T, 1, R)
+    x1, x2 = x[..., :R], x[..., R:2 * R]
+    return torch.cat([x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin(), x[..., 2 * R:]], -1)
+
+@pytest.mark.parametrize("name", ["ntk", "dynamic_ntk"])
+def test_far_positions_match_float64_reference(name):
+    "bloc97's θ'_i = (b·α^(d/(d−2)))^(−2i/d) in float64, α = s (static) or s·L/L0 − (s − 1), L = 2³¹ (dynamic): float32 apply to rounding"
+    d, b, s, L0 = 64, 10000.0, 4.0, 4096
+    alpha = s if name == "ntk" else s * 2 ** 31 / L0 - (s - 1)
+    theta = (b * alpha ** (d / (d - 2))) ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    enc = get(name, dim=d, base=b, factor=s, **({} if name == "ntk" else dict(original_max_position_embeddings=L0)))
+    q = torch.randn(1, len(FAR), 3, d)
+    torch.testing.assert_close(enc.apply(q, None, FAR, backend="torch")[0].double(), rotate_reference(q, FAR, theta), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(enc.angles(FAR, torch.float64), FAR.double()[:, None] * theta, rtol=1e-13, atol=0)  # float64 throughout
+
+@pytest.mark.parametrize("name", ["ntk", "dynamic_ntk"])
+def test_head_dim_must_match(name):
+    "Partial rotary is asked for (partial_rotary_factor), never inferred from a wider head"
+    q = torch.randn(1, 5, 2, 40)
+    with pytest.raises(ValueError, match="head dim"): get(name, dim=32).apply(q, q.clone())
 
 # ---- bad input ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["ntk", "dynamic_ntk"])

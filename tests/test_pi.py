@@ -25,7 +25,8 @@ def test_hf_linear_inv_freq(head_dim, theta, factor, partial):
     hf, scale = ROPE_INIT_FUNCTIONS["linear"](cfg, None)
     enc = get("linear", dim=head_dim, base=theta, factor=factor, partial_rotary_factor=partial)
     assert enc.rotary_dim == int(head_dim * partial) == 2 * len(hf)
-    torch.testing.assert_close(enc.inv_freq, hf, rtol=1e-6, atol=0)
+    assert enc.inv_freq.dtype == torch.float64
+    torch.testing.assert_close(enc.inv_freq.float(), hf, rtol=1e-6, atol=0)  # HF rounds θ_i to float32 before dividing
     assert enc.attention_scale == scale == 1.0
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -107,7 +108,7 @@ def test_interpolation_bound_paper_constant_fails():
     x = torch.ones(1, 3, 1, d, dtype=torch.float64)
     q, k = get("linear", dim=d, factor=2.0).apply(x, x)
     sc = (q[0, :, 0] * k[0, 0, 0]).sum(-1)  # distances 0, 1, 2 = a(0), a(1/2), a(1)
-    assert abs((sc[1] - (sc[0] + sc[2]) / 2).item() - err) < 1e-6  # our θ_i are float32-rounded
+    assert abs((sc[1] - (sc[0] + sc[2]) / 2).item() - err) < 1e-9  # float64 θ_i, float64 angles for float64 activations
 
 def test_fitted_scores_extrapolate_wildly_interpolate_tamely():
     "PI's §2.2: q, k fitted to noise on [0, L) score in hundreds beyond L; PI with s = 4 keeps them tame to 4L"
@@ -117,6 +118,31 @@ def test_fitted_scores_extrapolate_wildly_interpolate_tamely():
     fig = viz.score_vs_distance({"rope": get("rope", dim=128), "pi": get("linear", dim=128, factor=4.0)}, max_distance=4 * L, q=qk, dim=128)
     r, p = (torch.tensor(t.y) for t in fig.data)
     assert r[:L].abs().max() < 1 and r[L:].abs().max() > 50 and p.abs().max() < 1
+
+# ---- precision at large positions ---------------------------------------------------------------------------
+FAR = torch.tensor([2 ** 20, 2 ** 24, 2 ** 31 - 1])  # positions where a float32 θ_i or a float32 angle would be off by radians
+
+def rotate_reference(q, positions, theta):
+    "Float64 reference, half layout: pair i turned by m·θ_i reduced mod 2π; features past 2R pass through"
+    R, x = len(theta), q.double()
+    a = torch.remainder(positions.double()[:, None] * theta, 2 * math.pi)[None, :, None]  # (1, T, 1, R)
+    x1, x2 = x[..., :R], x[..., R:2 * R]
+    return torch.cat([x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin(), x[..., 2 * R:]], -1)
+
+@pytest.mark.parametrize("s", [4.0, 3.0])
+def test_far_positions_match_float64_reference(s):
+    "θ_i / s = b^(−2i/d) / s in float64: enc.apply in float32 at m up to 2³¹ − 1 is right to float32 rounding (partial rotary too)"
+    d, b = 80, 10000.0
+    theta = b ** (-torch.arange(0, 32, 2, dtype=torch.float64) / 32) / s  # 32 of the 80 features rotate
+    enc = get("linear", dim=d, base=b, factor=s, partial_rotary_factor=0.4)
+    q = torch.randn(1, len(FAR), 3, d)
+    torch.testing.assert_close(enc.apply(q, None, FAR, backend="torch")[0].double(), rotate_reference(q, FAR, theta), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(enc.angles(FAR, torch.float64), FAR.double()[:, None] * theta, rtol=1e-15, atol=0)  # float64 throughout
+
+def test_head_dim_must_match():
+    "Partial rotary is asked for (partial_rotary_factor), never inferred from a wider head"
+    q = torch.randn(1, 5, 2, 80)
+    with pytest.raises(ValueError, match="head dim"): get("linear", dim=32).apply(q, q.clone())
 
 # ---- bad input -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,exc,words", [

@@ -1,6 +1,7 @@
 """PIE (`posexplorer.encodings.inference.pie`): shifting cached keys by Δ equals encoding at p + Δ, layer 0 after PIE equals full
 re-encoding, the Triton path (shared kernel, in place) matches the torch reference, Hugging Face's Llama rotation as
 an outside reference, and bad input."""
+import math
 import pytest
 import torch
 from conftest import TOL
@@ -92,6 +93,30 @@ def test_triton_low_precision(dtype):
     kt, kr = k.clone(), k.clone()
     shift_keys_(kt, 3, 5, f, backend="triton"); shift_keys_(kr, 3, 5, f, backend="torch")
     torch.testing.assert_close(kt.float(), kr.float(), **TOL[dtype])
+
+# ---- precision at large positions and shifts ------------------------------------------------------------------------
+FAR = torch.tensor([2 ** 20, 2 ** 24, 2 ** 31 - 1])  # where a float32 θ_i or a float32 angle would be off by radians
+
+def rotate_reference(k, positions, theta):
+    "Float64 reference, half layout: pair i turned by m·θ_i reduced mod 2π; features past 2R pass through"
+    R, x = len(theta), k.double()
+    a = torch.remainder(positions.double()[..., None] * theta, 2 * math.pi)[..., None, :]  # (T, 1, R) or (B, T, 1, R)
+    x1, x2 = x[..., :R], x[..., R:2 * R]
+    return torch.cat([x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin(), x[..., 2 * R:]], -1)
+
+def test_far_positions_and_shifts_match_float64_reference():
+    "θ_i = b^(−2i/d) in float64: apply at m up to 2³¹ − 1, and a shift by Δ up to 2³¹ − 1, right to float32 rounding"
+    theta = 500000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    pie, k = get("pie", dim=20, base=500000.0, partial_rotary_factor=0.8), torch.randn(1, len(FAR), 2, 20)
+    torch.testing.assert_close(pie.apply(k, None, FAR, backend="torch")[0].double(), rotate_reference(k, FAR, theta), rtol=1e-6, atol=1e-6)
+    c = pie.shift_keys_(k.clone(), 0, FAR.clone(), backend="torch")  # keys cached at position 0, each moved by its own Δ
+    torch.testing.assert_close(c.double(), rotate_reference(k, FAR, theta), rtol=1e-6, atol=1e-6)
+
+def test_head_dim_must_match():
+    "The encoding's `apply` and `shift_keys_` refuse a head dim other than `dim`: partial rotary is asked for, never inferred"
+    k = torch.randn(1, 6, 2, 20)
+    with pytest.raises(ValueError, match="head dim"): get("pie", dim=16).apply(k, None)
+    with pytest.raises(ValueError, match="head dim"): get("pie", dim=16).shift_keys_(k, 2, 3)
 
 @pytest.mark.parametrize("args,exc,word", [
     (dict(k_cache=[1.0]), TypeError, "k_cache"),

@@ -39,10 +39,13 @@ def test_default_c_is_alibis_first_slope():
     assert torch.allclose(get("rope_alibi_harmonic", n_heads=3, c=0.3).linear_slopes(), torch.tensor([0.3, 0.15, 0.1]))
 
 @SETTINGS
-@given(H=st.integers(1, 6), T=st.integers(1, 30), dim=st.integers(1, 8).map(lambda r: 2 * r), extra=st.sampled_from([0, 4]), seed=st.integers(0, 99))
-def test_logits_match_the_formula(H, T, dim, extra, seed):
-    enc = get("rope_alibi_harmonic", n_heads=H, dim=dim, c=0.7)
-    q, k = torch.randn(2, 1, T, H, dim + extra, generator=torch.Generator().manual_seed(seed))
+@given(H=st.integers(1, 6), T=st.integers(1, 30), dim=st.integers(1, 8).map(lambda r: 2 * r), share=st.sampled_from([1.0, 0.5]), seed=st.integers(0, 99))
+def test_logits_match_the_formula(H, T, dim, share, seed):
+    "Heads of D = dim / share features, `dim` of which rotate (share 0.5: partial rotary, asked for by partial_rotary_factor)"
+    D = round(dim / share)
+    enc = get("rope_alibi_harmonic", n_heads=H, dim=D, c=0.7, partial_rotary_factor=share)
+    assert enc.rotary.rotary_dim == dim
+    q, k = torch.randn(2, 1, T, H, D, generator=torch.Generator().manual_seed(seed))
     pos = torch.arange(T)
     got = attention_logits(q, k, enc, q_positions=pos, k_positions=pos, causal=False)
     torch.testing.assert_close(got.double(), by_hand(q, k, pos, enc.slopes, enc.rotary.inv_freq), atol=1e-4, rtol=1e-4)
@@ -105,6 +108,8 @@ CASES = [  # (id, call, exception, the argument its message must name)
     ("float heads", lambda: get("rope_alibi_harmonic", n_heads=4.0), TypeError, "n_heads"),
     ("odd dim", lambda: get("rope_alibi_harmonic", dim=7), ValueError, "dim"),
     ("zero base", lambda: get("rope_alibi_harmonic", base=0.0), ValueError, "base"),
+    ("zero partial_rotary_factor", lambda: get("rope_alibi_harmonic", partial_rotary_factor=0.0), ValueError, "partial_rotary_factor"),
+    ("q wider than dim", lambda: attention_logits(torch.randn(1, 3, 2, 20), torch.randn(1, 3, 2, 20), get("rope_alibi_harmonic", n_heads=2, dim=16)), ValueError, "q"),
     ("negative c", lambda: get("rope_alibi_harmonic", c=-0.5), ValueError, "c"),
     ("zero c", lambda: get("rope_alibi_harmonic", c=0), ValueError, "c"),
     ("string c", lambda: get("rope_alibi_harmonic", c="1/2"), TypeError, "c"),

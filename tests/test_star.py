@@ -43,11 +43,12 @@ def test_relative_within_and_across_maps():
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 def test_triton_matches_torch_float_positions(layout):
-    enc = get("star", dim=32, ref_size=7.0)
+    enc = get("star", dim=36, partial_rotary_factor=32 / 36, ref_size=7.0)  # 32 features rotate, 4 pass through
     P = enc.positions([1, 3, 5], device=DEV)  # T = 35, positions like 7/3
     q, k = torch.randn(2, 35, 3, 36, device=DEV), torch.randn(2, 35, 1, 36, device=DEV)
     t, r = enc.apply(q, k, P, layout=layout, backend="triton"), enc.apply(q, k, P, layout=layout, backend="torch")
     for a, b in zip(t, r): torch.testing.assert_close(a, b, **TOL[torch.float32])
+    assert torch.equal(t[0][..., 32:], q[..., 32:]) and torch.equal(r[1][..., 32:], k[..., 32:])  # pass-through
 
 def test_reduces_to_axial2d_at_ref_size():
     enc, ax = get("star", dim=24, ref_size=6.0), get("axial2d", dim=24, base=10000.0)

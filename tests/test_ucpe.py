@@ -153,8 +153,9 @@ def test_kernel_batched_positions_strides_and_half_precision():
         a, b = enc.transform(q.to(dt), None, p, backend="triton")[0], enc.transform(q.to(dt), None, p, backend="torch")[0]
         assert a.dtype == dt
         torch.testing.assert_close(a.float(), b.float(), **TOL[dt])
-    q64 = q.double()  # float64 takes the torch path
-    assert torch.equal(enc.transform(q64, None, p, backend="triton")[0], enc.transform(q64, None, p, backend="torch")[0])
+    q64 = q.double()  # the kernel computes in float32: backend="triton" refuses float64, "auto" takes the torch path
+    with pytest.raises(ValueError, match="float64"): enc.transform(q64, None, p, backend="triton")
+    assert torch.equal(enc.transform(q64, None, p, backend="auto")[0], enc.transform(q64, None, p, backend="torch")[0])
 
 def test_kernel_gradient_and_attend():
     enc, T = get("ucpe", dim=16), 11

@@ -23,7 +23,15 @@ def test_every_rotary_encoding_draws(name):
                 angle_distribution(enc, 64, 256, bins=16), deviation_plot(enc, length=256)):
         assert fig.layout.title.text.split("<br>")[0].endswith("?") and json.loads(fig.to_json())
     assert kl_disturbance(enc, 64, 256).shape == (R,)
-    assert attention_map(enc, T=9, dim=2 * R + 2).data[0].z.shape == (9, 9)  # odd sizes, partial rotary
+    fig = attention_map(enc, T=9)  # an odd length; q and k of the head dim the encoding was built for
+    assert fig.data[0].z.shape == (9, 9) and np.isfinite(np.tril(np.asarray(fig.data[0].z))).all()
+
+def test_attention_map_partial_rotary_is_built_in():
+    "Partial rotary is asked of the encoding (partial_rotary_factor), never inferred from a wider head dim"
+    enc = get("rope", dim=20, partial_rotary_factor=0.8)  # 16 of 20 features rotate
+    fig = attention_map(enc, T=9)
+    assert fig.data[0].z.shape == (9, 9) and fig.layout.title.text.endswith("D = 20</sup>")
+    with pytest.raises(ValueError, match="head dim 16"): attention_map(rope, T=9, dim=18)
 
 @pytest.mark.parametrize("name", names("bias"))
 def test_every_bias_encoding_draws(name):
@@ -51,6 +59,7 @@ CASES = [  # (id, call, exception, the argument its message must name)
     ("heads past n_heads", lambda: attention_map(bias, heads=(2,)), ValueError, "heads"),
     ("empty heads", lambda: attention_map(rope, heads=()), ValueError, "heads"),
     ("attention dim too small", lambda: attention_map(rope, dim=8), ValueError, "dim"),
+    ("attention dim wider than the encoding's", lambda: attention_map(rope, dim=18), ValueError, "dim"),
     ("encoding given by name", lambda: attention_map("rope"), TypeError, "encoding"),
     ("integer dtype", lambda: deviation_plot(rope, dtypes=(torch.int32,)), ValueError, "dtypes"),
     ("bias to deviation_plot", lambda: deviation_plot(bias), ValueError, "encoding"),

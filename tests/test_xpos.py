@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import angles, get, inv_freq, rotate
-from posexplorer.encodings.classics.xpos import XPos, xpos_zeta
+from posexplorer.encodings.classics.xpos import XPos, xpos_zeta, xpos_max_position, _scale_pairs
+from posexplorer.ops.rotary import apply_rotary
 from posexplorer.ops.attention import attend, attention_logits
 
 BACKENDS = ["torch", "triton"]
@@ -77,14 +78,24 @@ def test_zeta_values():
 def test_backends_and_dtypes(dtype, layout):
     "Triton (interpreted on a CPU) and torch agree, and low precision stays within its tolerance of float32"
     enc = get("xpos", dim=16, scale_base=32.0)
-    q, k = torch.randn(2, 37, 3, 20, device=DEV), torch.randn(2, 37, 1, 20, device=DEV)  # 4 pass-through features
+    q, k = torch.randn(2, 37, 3, 16, device=DEV), torch.randn(2, 37, 1, 16, device=DEV)  # head dim = dim: xPos has no partial rotary
     q0, k0 = q.to(dtype), k.to(dtype)
     ref = enc.apply(q0.float(), k0.float(), layout=layout, backend="torch")
     for backend in BACKENDS:
         out = enc.apply(q0, k0, layout=layout, backend=backend)
         assert out[0].dtype == dtype and torch.equal(q0, q.to(dtype))  # inputs untouched
         for o, r in zip(out, ref): torch.testing.assert_close(o.float(), r, **{k_: 2 * v for k_, v in TOL[dtype].items()})
-        assert torch.equal(out[0][..., 16:], q0[..., 16:])  # pass-through features unscaled
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_pass_through_with_an_explicit_narrower_table(layout):
+    "Partial rotary only where asked for explicitly: the shared kernel with xPos's 8-pair table on 20 features, then the 8 pairs' factors"
+    enc = get("xpos", dim=16, scale_base=32.0)
+    q = torch.randn(2, 11, 3, 20)
+    p = torch.arange(11)
+    rq = apply_rotary(q, None, enc.angles(p, torch.float64), layout=layout, backend="torch")[0]
+    out = _scale_pairs(rq, enc.scales(p, torch.float64), layout, False)
+    assert torch.equal(out[..., 16:], q[..., 16:])  # pass-through features: neither rotated nor scaled
+    torch.testing.assert_close(out[..., :16], enc.apply(q[..., :16], None, p, layout=layout, backend="torch")[0], **TOL[torch.float32])
 
 def test_per_batch_positions_and_cache():
     "(B, T) positions, and keys at other positions than the queries (decoding against a cache)"
@@ -102,16 +113,16 @@ def test_per_batch_positions_and_cache():
 def test_gradients(backend):
     "Gradients through the kernel's closed-form backward and the scale equal autograd through the plain torch formula"
     enc = get("xpos", dim=16, scale_base=8.0)
-    q, k = torch.randn(1, 21, 2, 18, device=DEV, requires_grad=True), torch.randn(1, 21, 1, 18, device=DEV, requires_grad=True)
-    gq, gk = torch.randn(1, 21, 2, 18, device=DEV), torch.randn(1, 21, 1, 18, device=DEV)
+    q, k = torch.randn(1, 21, 2, 16, device=DEV, requires_grad=True), torch.randn(1, 21, 1, 16, device=DEV, requires_grad=True)
+    gq, gk = torch.randn(1, 21, 2, 16, device=DEV), torch.randn(1, 21, 1, 16, device=DEV)
     oq, ok = enc.apply(q, k, backend=backend)
     dq, dk = torch.autograd.grad((oq * gq).sum() + (ok * gk).sum(), (q, k))
     p = torch.arange(21, device=DEV)
     def ref(x, sign):
-        s = torch.cat([enc.scales(sign * p)] * 2 + [torch.ones(21, 2, device=DEV)], -1)[None, :, None]
+        s = torch.cat([enc.scales(sign * p)] * 2, -1)[None, :, None]
         c, sn = enc.angles(p).cos()[None, :, None], enc.angles(p).sin()[None, :, None]
         x1, x2 = x[..., :8], x[..., 8:16]
-        return torch.cat([x1 * c - x2 * sn, x2 * c + x1 * sn, x[..., 16:]], -1) * s
+        return torch.cat([x1 * c - x2 * sn, x2 * c + x1 * sn], -1) * s
     rq, rk = torch.autograd.grad((ref(q, 1) * gq).sum() + (ref(k, -1) * gk).sum(), (q, k))
     torch.testing.assert_close(dq, rq, **TOL[torch.float32]); torch.testing.assert_close(dk, rk, **TOL[torch.float32])
 
@@ -129,7 +140,7 @@ def test_inplace_and_relative_through_attention():
 @pytest.mark.parametrize("Tq,Tk", [(37, 37), (5, 70), (1, 33)])  # prefill, chunked prefill, decoding
 def test_attend_triton_matches_torch(Tq, Tk):
     "The shared Triton attention kernel (after xPos is applied to q and k) against the torch reference"
-    enc = get("xpos", dim=48, scale_base=64.0)
+    enc = get("xpos", dim=64, scale_base=64.0)
     q, k, v = torch.randn(1, Tq, 4, 64, device=DEV), torch.randn(1, Tk, 2, 64, device=DEV), torch.randn(1, Tk, 2, 64, device=DEV)
     torch.testing.assert_close(attend(q, k, v, enc, backend="triton"), attend(q, k, v, enc, backend="torch"), atol=1e-5, rtol=1e-5)
 
@@ -157,7 +168,14 @@ CASES = [  # (id, call, exception, the argument its message must name)
     ("3-D q", lambda: get("xpos", dim=8).apply(torch.randn(7, 2, 8), None), ValueError, "q"),
     ("q not a tensor", lambda: get("xpos", dim=8).apply(x.tolist(), None), TypeError, "q"),
     ("integer q", lambda: get("xpos", dim=8).apply(x.long(), None), TypeError, "q"),
-    ("rotary dim wider than q", lambda: get("xpos", dim=16).apply(x, x), ValueError, "angles"),
+    ("head dim narrower than dim", lambda: get("xpos", dim=16).apply(x, x), ValueError, "head dim"),
+    ("head dim wider than dim", lambda: get("xpos", dim=4).apply(x, x), ValueError, "head dim"),
+    ("keys of another head dim", lambda: get("xpos", dim=8).apply(x, torch.randn(1, 7, 2, 10)), ValueError, "head dim"),
+    ("positions past float32's range", lambda: get("xpos", dim=8).apply(x, x, torch.arange(7) + 2 ** 31), ValueError, "positions"),
+    ("k_positions past float32's range", lambda: get("xpos", dim=8).apply(x, x, torch.arange(7), k_positions=torch.arange(7) - 40_000), ValueError, "k_positions"),
+    ("positions past float64's range", lambda: get("xpos", dim=8).apply(x.double(), None, torch.arange(7) + 300_000), ValueError, "positions"),
+    ("inf positions", lambda: get("xpos", dim=8).apply(x, x, torch.tensor([0.0, 1, 2, 3, 4, 5, math.inf])), ValueError, "positions"),
+    ("scales past float32's range", lambda: get("xpos", dim=8).scales(torch.tensor([40_000])), ValueError, "positions"),
     ("unknown layout", lambda: get("xpos", dim=8).apply(x, x, layout="neox"), ValueError, "layout"),
     ("unknown backend", lambda: get("xpos", dim=8).apply(x, x, backend="cuda"), ValueError, "backend"),
 ]
@@ -166,3 +184,56 @@ CASES = [  # (id, call, exception, the argument its message must name)
 def test_bad_input_names_the_argument(call, exc, arg):
     with pytest.raises(exc) as info: call()
     assert arg in str(info.value), f"message does not name `{arg}`: {info.value}"
+
+# ---- range: the factors ζ_i^(±n/B) must stay normal numbers of the activation dtype --------------------------
+@pytest.mark.parametrize("dtype,bound", [(torch.float16, 3966), (torch.bfloat16, 35694), (torch.float32, 35694), (torch.float64, 289519)])
+def test_max_position_defaults(dtype, bound):
+    "B = 512, γ = 0.4: B·min(ln max, −ln tiny)/ln(1/ζ_0); for float32 −ln tiny = 87.3 binds before ln max = 88.7"
+    enc = get("xpos", dim=128)
+    fi = torch.finfo(dtype)
+    assert math.floor(enc.max_position(dtype)) == bound == math.floor(512 * min(math.log(fi.max), -math.log(fi.tiny)) / math.log(1.4 / 0.4))
+    assert enc.max_position(dtype) == xpos_max_position(xpos_zeta(128), 512.0, dtype)
+    assert get("xpos", dim=128, scale_base=1024.0).max_position(dtype) == pytest.approx(2 * enc.max_position(dtype))
+
+def test_out_of_range_message_says_what_to_do():
+    enc = get("xpos", dim=64)
+    x = torch.randn(1, 3, 1, 64)
+    with pytest.raises(ValueError) as info: enc.apply(x, x, torch.tensor([0, 1, 2]) + 2 ** 31)
+    msg = str(info.value)
+    assert all(w in msg for w in ("`positions`", "|n| = 35694", "torch.float32", "scale_base=512", "ζ_0=0.2857", "n − m", "min_pos = -(length + offset) // 2")), msg
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_just_inside_the_bound_is_finite_and_right(dtype, sign):
+    """At |n| = ⌊max_position⌋ the query's factor is barely normal and the key's near 1/tiny: q, k in [−1, 1] give finite
+    logits equal to the float64 closed form (which depends on n − m only), while one step further is refused"""
+    D, T = 32, 9
+    enc = get("xpos", dim=D)
+    n0 = sign * math.floor(enc.max_position(dtype))
+    pos = n0 - sign * torch.arange(T)  # every |position| <= the bound, the largest at the edge
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.rand(2, 1, T, 2, D, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    oq, ok = enc.apply(q, k, pos, backend="torch")
+    assert torch.isfinite(oq).all() and torch.isfinite(ok).all()
+    got = torch.einsum("bqhd,bkhd->bhqk", oq.double(), ok.double())
+    R, rel = D // 2, pos[:, None] - pos[None, :]  # (T, T) n − m
+    th, z = inv_freq(D), xpos_zeta(D)
+    qc, kc = torch.complex(q[..., :R].double(), q[..., R:].double()), torch.complex(k[..., :R].double(), k[..., R:].double())  # (1, T, H, R)
+    w = torch.exp(1j * rel[..., None] * th) * z ** (rel[..., None] / 512)  # (T, T, R) per-pair factor of the logit
+    ref = torch.einsum("bqhr,bkhr,qkr->bhqk", qc, kc.conj(), w.to(torch.complex128)).real
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)  # float32: q, k, factors rounded once each
+    torch.testing.assert_close(got[..., rel >= 0], ref[..., rel >= 0], **tol)  # the causal part: factors at most 1 in n − m
+    with pytest.raises(ValueError, match="positions"): enc.apply(q, k, pos + sign, backend="torch")
+
+def test_shifted_positions_give_the_same_logits_in_range():
+    "The way out the message names: far positions refused in float32, the same ones shifted towards 0 (torchscale's centring) work"
+    enc = get("xpos", dim=32)
+    q, k = torch.randn(2, 1, 20, 2, 32, dtype=torch.float64)
+    far = torch.arange(20) + 100_000
+    with pytest.raises(ValueError, match="positions"): enc.apply(q.float(), k.float(), far)
+    min_pos = -(20 + 0) // 2  # torchscale: length 20, offset 0
+    near = far - far[0] + min_pos
+    l32 = torch.einsum("bqhd,bkhd->bhqk", *enc.apply(q.float(), k.float(), near)).double()
+    l64 = torch.einsum("bqhd,bkhd->bhqk", *enc.apply(q, k, far))  # float64 holds 100 000
+    causal = torch.ones(20, 20, dtype=torch.bool).tril()
+    torch.testing.assert_close(l32[..., causal], l64[..., causal], rtol=1e-4, atol=1e-4)

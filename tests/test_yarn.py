@@ -51,8 +51,8 @@ OTHER = [
 def test_matches_hugging_face(params, dim):
     hf, hf_scale = _hf(dim, params)
     ours = _ours(dim, params)
-    assert ours.inv_freq.dtype == torch.float32 and ours.inv_freq.shape == hf.shape
-    torch.testing.assert_close(ours.inv_freq, hf, rtol=1e-6, atol=0)  # ours: float64 rounded once; theirs: float32 throughout
+    assert ours.inv_freq.dtype == torch.float64 and ours.inv_freq.shape == hf.shape
+    torch.testing.assert_close(ours.inv_freq.float(), hf, rtol=1e-6, atol=0)  # ours: float64; theirs: float32 throughout, a few ulp (6e-8 each) off
     assert math.isclose(ours.attention_scale, hf_scale, rel_tol=1e-12)
 
 @pytest.mark.parametrize("partial", [0.5, 0.25])
@@ -61,7 +61,7 @@ def test_partial_rotary_matches_hugging_face(partial):
     hf, hf_scale = _hf(128, params, partial)
     ours = _ours(128, params, partial)
     assert ours.rotary_dim == int(128 * partial)
-    torch.testing.assert_close(ours.inv_freq, hf, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ours.inv_freq.float(), hf, rtol=1e-6, atol=0)  # HF computes in float32: a few ulp off
 
 def test_rotary_embedding_forward_matches_hugging_face():
     "cos and sin of LlamaRotaryEmbedding (attention_scaling included) against ours past the original length"
@@ -114,12 +114,42 @@ def test_untruncated_ramp_is_linear_in_log_turns():
 # ---- kernel ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 def test_triton_matches_torch_with_scale(layout):
-    enc = get("yarn", dim=32, factor=8.0, original_max_position_embeddings=32)
-    q, k = torch.randn(2, 53, 3, 36, device=DEV), torch.randn(2, 53, 1, 36, device=DEV)
+    enc = get("yarn", dim=40, partial_rotary_factor=0.8, factor=8.0, original_max_position_embeddings=32)  # 32 of 40 features rotate
+    assert enc.rotary_dim == 32
+    q, k = torch.randn(2, 53, 3, 40, device=DEV), torch.randn(2, 53, 1, 40, device=DEV)
     t, r = enc.apply(q, k, layout=layout, backend="triton"), enc.apply(q, k, layout=layout, backend="torch")
     torch.testing.assert_close(t[0], r[0], **TOL[torch.float32]); torch.testing.assert_close(t[1], r[1], **TOL[torch.float32])
     torch.testing.assert_close(r[0][..., 32:], q[..., 32:])  # pass-through features are not scaled
     torch.testing.assert_close(r[0][..., :32].norm(dim=-1), q[..., :32].norm(dim=-1) * enc.attention_scale, rtol=1e-5, atol=1e-5)
+
+# ---- precision at large positions -----------------------------------------------------------------------
+FAR = torch.tensor([2 ** 20, 2 ** 24, 2 ** 31 - 1])  # positions where a float32 θ_i or a float32 angle would be off by radians
+
+def rotate_reference(q, positions, theta, scale=1.0):
+    "Float64 reference, half layout: pair i turned by m·θ_i reduced mod 2π, times `scale`; features past 2R pass through"
+    R, x = len(theta), q.double()
+    a = torch.remainder(positions.double()[:, None] * theta, 2 * math.pi)[None, :, None]  # (1, T, 1, R)
+    x1, x2 = x[..., :R], x[..., R:2 * R]
+    return torch.cat([(x1 * a.cos() - x2 * a.sin()) * scale, (x2 * a.cos() + x1 * a.sin()) * scale, x[..., 2 * R:]], -1)
+
+def test_far_positions_match_float64_reference():
+    "θ'_i from the reference code's rule, written out in float64: enc.apply in float32 at m up to 2³¹ − 1 is right to float32 rounding"
+    d, b, s, L0 = 64, 10000.0, 16.0, 4096
+    theta = b ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    i_of = lambda turns: d * math.log(L0 / (turns * 2 * math.pi)) / (2 * math.log(b))  # pair index making `turns` turns within L₀
+    low, high = max(math.floor(i_of(32.0)), 0), min(math.ceil(i_of(1.0)), d - 1)
+    ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)  # 0: kept, 1: divided by s
+    ref_theta = theta * (1 - ramp) + theta / s * ramp
+    enc = get("yarn", dim=d, factor=s, original_max_position_embeddings=L0)
+    q = torch.randn(1, len(FAR), 3, d)
+    out = enc.apply(q, None, FAR, backend="torch")[0]
+    torch.testing.assert_close(out.double(), rotate_reference(q, FAR, ref_theta, 0.1 * math.log(s) + 1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(enc.angles(FAR, torch.float64), FAR.double()[:, None] * ref_theta, rtol=1e-14, atol=0)  # float64 throughout
+
+def test_head_dim_must_match():
+    "Partial rotary is asked for with partial_rotary_factor, never inferred from a wider head"
+    q = torch.randn(1, 5, 2, 36)
+    with pytest.raises(ValueError, match="head dim"): get("yarn", dim=32).apply(q, q.clone())
 
 # ---- bad input ------------------------------------------------------------------------------------------
 BAD = [

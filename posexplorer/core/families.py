@@ -11,8 +11,8 @@ __all__ = ['Encoding', 'RotaryEncoding', 'FrequencyRotary', 'BiasEncoding', 'Add
 import importlib
 import torch
 from torch import Tensor
-from .checks import check_length
-from .rotary import angles
+from .checks import check_length, check_dim, check_tensor
+from .rotary import angles, wrap_angles
 
 # %% ../../nbs/core/core.ipynb #01aee409
 class Encoding:
@@ -75,13 +75,25 @@ class RotaryEncoding(Encoding):
               k_positions:Tensor|None=None): # the keys' positions when they differ (a KV cache, cross-attention)
         "Rotate q and k by this encoding's angles with the shared kernel: `(q, k)`"
         apply_rotary = importlib.import_module("posexplorer.ops.rotary").apply_rotary  # the shared kernel, loaded on first use: core imports no kernel
+        check_tensor("q", q); self.check_head_dim(q, "q")
+        if k is not None: check_tensor("k", k); self.check_head_dim(k, "k")
         if positions is None: positions = self.default_positions(q.shape[1], device=q.device)
         check_length("positions", positions, q, "q")
         dt = torch.float64 if q.dtype == torch.float64 else torch.float32  # float64 activations get float64 angles
         kw = dict(layout=layout, backend=backend, inplace=inplace, scale=self.attention_scale)
-        if k is None or k_positions is None: return apply_rotary(q, k, self.angles(positions, dt), **kw)  # one launch
+        def table(p, name):  # exact angles, reduced mod 2π, rounded once
+            a = wrap_angles(self.angles(p, torch.float64), dt)
+            if a.ndim == 3 and a.shape[0] not in (1, q.shape[0]): raise ValueError(f"`{name}` has batch {a.shape[0]} but `q` has batch {q.shape[0]}")
+            return a
+        if k is None or k_positions is None: return apply_rotary(q, k, table(positions, "positions"), **kw)  # one launch
         check_length("k_positions", k_positions, k, "k")
-        return apply_rotary(q, None, self.angles(positions, dt), **kw)[0], apply_rotary(k, None, self.angles(k_positions, dt), **kw)[0]
+        return apply_rotary(q, None, table(positions, "positions"), **kw)[0], apply_rotary(k, None, table(k_positions, "k_positions"), **kw)[0]
+    def check_head_dim(self, x:Tensor, name:str="q"):
+        "The head dim of q or k must be the `dim` the encoding was built for: partial rotary is asked for, never inferred"
+        dim = getattr(self, "dim", None)
+        if isinstance(dim, int) and x.ndim == 4 and x.shape[-1] != dim:
+            raise ValueError(f"`{name}` has head dim {x.shape[-1]} but this {self.name or type(self).__name__} encoding was built with dim={dim}; "
+                             f"build it with dim={x.shape[-1]} (and partial_rotary_factor for partial rotary)")
     def encode_qk(self, q:Tensor, k:Tensor, q_positions:Tensor, k_positions:Tensor, *, x:Tensor|None=None, backend:str="auto") -> tuple:
         "The hook attention calls: `apply` (`x` is not read)"
         return self.apply(q, k, q_positions, backend=backend, k_positions=k_positions)

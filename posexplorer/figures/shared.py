@@ -76,7 +76,7 @@ def effective_inv_freq(enc:RotaryEncoding) -> Tensor: # (R,) float64, θ_i of ev
     check_rotary_encoding(enc, "enc")
     f = getattr(enc, "inv_freq", None)
     if isinstance(f, Tensor): return f.detach().to("cpu", torch.float64)
-    a = enc.angles(enc.default_positions(2))  # (2, R)
+    a = enc.angles(enc.default_positions(2), torch.float64)  # (2, R), float64: no rounding of θ_i
     return (a[1] - a[0]).detach().to("cpu", torch.float64)
 
 def _wavelengths(enc:RotaryEncoding) -> np.ndarray: # (R,) tokens per turn, inf where θ_i = 0
@@ -251,12 +251,23 @@ def _heads(encoding, heads, n_heads) -> int:
     if max(heads) >= H: raise ValueError(f"`heads` {tuple(heads)} must be below the {H} heads (`n_heads`)")
     return H
 
-def _check_map_args(encoding, T, dim):
-    "Check `encoding`, `T` and `dim` of attention_map"
+def _own_dim(encoding) -> int|None:
+    "The head dim a rotary encoding (or a bias encoding's rotation) was built for: q and k must have exactly that size"
+    rot = encoding if isinstance(encoding, RotaryEncoding) else getattr(encoding, "rotary", None)
+    dim = getattr(rot, "dim", None) if isinstance(rot, RotaryEncoding) else None
+    return dim if isinstance(dim, int) else None
+
+def _check_map_args(encoding, T, dim) -> int: # the head dim D to draw q and k with
+    "Check `encoding`, `T` and `dim` of attention_map; `dim` None is the encoding's own head dim (else 64)"
     if encoding is not None and not isinstance(encoding, Encoding): raise TypeError(f"`encoding` must be an Encoding or None, got {type(encoding).__name__}")
-    check_int(T, "T"); check_int(dim, "dim")
+    check_int(T, "T"); own = _own_dim(encoding)
+    dim = (own or 64) if dim is None else dim
+    check_int(dim, "dim")
+    if own is not None and dim != own:  # the encoding refuses other head dims: partial rotary is built in, never inferred
+        raise ValueError(f"`dim` ({dim}) must be the head dim {own} that `encoding` was built for; build the encoding with dim={dim} instead")
     if encoding is not None and encoding.has_angles and 2 * len(effective_inv_freq(encoding)) > dim:
         raise ValueError(f"`dim` ({dim}) is smaller than the rotary dim {2 * len(effective_inv_freq(encoding))} of `encoding`")
+    return dim
 
 def _attention_z(encoding, T, H, dim, seed, probs) -> Tensor: # (H, T, T) float32, masked entries NaN
     "Causal logits or probabilities of q, k ~ N(0, I), `(1, T, H, dim)` each, from `posexplorer.ops.attention`"
@@ -273,10 +284,10 @@ def attention_map(encoding:Encoding|None, # any encoding, or None (no positional
                   heads:tuple=(0,), # heads to draw; a slider over them when several
                   probs:bool=False, # softmax probabilities instead of logits
                   seed:int=0, # seed of the random q and k
-                  dim:int=64, # head dim D
+                  dim:int|None=None, # head dim D; default the `dim` a rotary encoding was built for, else 64
                   n_heads:int|None=None) -> go.Figure: # heads H of q and k; default the encoding's, or max(heads) + 1
     "Heatmap of the causal attention logits (or probabilities) of random q, k ~ N(0, I) under `encoding`, per head"
-    _check_map_args(encoding, T, dim)
+    dim = _check_map_args(encoding, T, dim)
     z = _attention_z(encoding, T, _heads(encoding, heads, n_heads), dim, seed, probs)
     what, label = ("probability", "probabilities") if probs else ("logit", "logits"), encoding_label(encoding) if encoding is not None else "no encoding"
     xs = ", hidden states x" if getattr(encoding, "context_dim", None) is not None else ""

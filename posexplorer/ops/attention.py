@@ -12,12 +12,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from ..core import Encoding, check_tensor, check_nonempty
+from ..core import Encoding, check_tensor, check_nonempty, check_bool
 from .rotary import triton, tl, resolve_backend
 
 # %% ../../nbs/ops/attention.ipynb #91f27812
-def _check_qk(q, k, v=None):
+def _check_qk(q, k, v=None, causal=False):
     "q, k (and v) are (B, T, H, D) floating tensors that fit together; returns (B, Tq, Hq, D)"
+    check_bool(causal, "causal")
     for name, x in (("q", q), ("k", k)) + ((("v", v),) if v is not None else ()):
         check_tensor(name, x); check_nonempty(name, x)
         if x.ndim != 4: raise ValueError(f"`{name}` must be (B, T, H, D), got shape {tuple(x.shape)}")
@@ -25,7 +26,19 @@ def _check_qk(q, k, v=None):
     if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]: raise ValueError(f"`k` shape {tuple(k.shape)} does not fit `q` shape {tuple(q.shape)}")
     if q.shape[2] % k.shape[2]: raise ValueError(f"`q` heads ({q.shape[2]}) must be a multiple of `k` heads ({k.shape[2]})")
     if v is not None and v.shape[:3] != k.shape[:3]: raise ValueError(f"`v` shape {tuple(v.shape)} does not fit `k` shape {tuple(k.shape)}")
+    if causal and q.shape[1] > k.shape[1]:  # query i sees keys j <= i + Tk - Tq: the first Tq - Tk queries would see none (NaN rows)
+        raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq of the Tk positions), got Tq={q.shape[1]}, Tk={k.shape[1]}")
     return q.shape
+
+def _check_heads(enc, H):
+    "An encoding with per-head tables (ALiBi's slopes, T5's buckets) must have as many heads as q"
+    n = getattr(enc, "n_heads", None)
+    if enc.biases_attention and isinstance(n, int) and n != H:
+        raise ValueError(f"`encoding` {enc.name or type(enc).__name__} has n_heads={n} but `q` has {H} heads; build it with n_heads={H}")
+
+def _check_table(name, t, H, Tq, Tk):
+    "A bias or scale table from an encoding's hook must be (H, Tq, Tk)"
+    if t is not None and tuple(t.shape) != (H, Tq, Tk): raise ValueError(f"the encoding's {name} has shape {tuple(t.shape)}, expected ({H}, {Tq}, {Tk})")
 
 # %% ../../nbs/ops/attention.ipynb #8584cfab
 def _repeat_kv(x, n_heads):
@@ -57,14 +70,16 @@ def attention_logits(q:Tensor, # (B, Tq, Hq, D)
                      q_positions:Tensor|None=None, # default: the last Tq of the key positions
                      k_positions:Tensor|None=None, # default: 0..Tk-1
                      causal:bool=True, backend:str="auto",
-                     x:Tensor|None=None) -> Tensor: # (B, Hq, Tq, Tk) float32; `x` (B, T, C) hidden states for encodings that read them (CARoPE)
+                     x:Tensor|None=None) -> Tensor: # (B, Hq, Tq, Tk) float32 (float64 for float64 q); `x` (B, T, C) hidden states for encodings that read them (CARoPE)
     "Scaled attention logits with the encoding applied; masked entries are -inf"
     enc = _as_encoding(encoding)
-    B, Tq, H, D = _check_qk(q, k)
+    B, Tq, H, D = _check_qk(q, k, causal=causal); _check_heads(enc, H)
     qp, kp = _qk_positions(enc, Tq, k.shape[1], q_positions, k_positions, q.device)
     q, k = enc.encode_qk(q, k, qp, kp, x=x, backend=backend)
-    logits = torch.einsum("bqhd,bkhd->bhqk", q.float(), _repeat_kv(k, H).float()) / math.sqrt(D)
+    ct = torch.promote_types(torch.float32, q.dtype)  # float32, or float64 for float64 inputs
+    logits = torch.einsum("bqhd,bkhd->bhqk", q.to(ct), _repeat_kv(k, H).to(ct)) / math.sqrt(D)
     b = enc.logit_bias(qp, kp)  # (H, Tq, Tk) or None
+    _check_table("logit_bias", b, H, Tq, k.shape[1])
     if b is not None: logits = logits + b.to(logits)[None]
     if causal: logits = logits.masked_fill(~_causal_mask(Tq, k.shape[1], q.device), float("-inf"))
     return logits
@@ -79,9 +94,10 @@ def _reference(q, k, v, enc, causal, backend, positions, x=None):
     p = attention_probs(q, k, enc, q_positions=positions, k_positions=positions, causal=causal, backend=backend, x=x)
     qp, kp = _qk_positions(enc, q.shape[1], k.shape[1], positions, positions, q.device)
     c = enc.prob_scale(qp, kp)
+    _check_table("prob_scale", c, q.shape[2], q.shape[1], k.shape[1])
     if c is not None: p = p * c.to(p)[None]  # (B, H, Tq, Tk)
     v = enc.encode_v(v, kp)  # UCPE: values move into the keys' frames...
-    o = torch.einsum("bhqk,bkhd->bqhd", p, _repeat_kv(v, q.shape[2]).float())
+    o = torch.einsum("bhqk,bkhd->bqhd", p, _repeat_kv(v, q.shape[2]).to(p.dtype))
     return enc.decode_out(o, qp).to(q.dtype)  # ...and the output back out of the query's frame
 
 # %% ../../nbs/ops/attention.ipynb #78ca51cc
@@ -135,9 +151,13 @@ def bias_mode(encoding, q, Tk):
     if encoding is None or not encoding.biases_attention: return 0, None, None, None
     offsets = torch.arange(-(Tk - 1), q.shape[1], device=q.device)  # every k - q the kernel meets
     slopes, rs = encoding.linear_slopes(), encoding.relative_scale(offsets)
+    H, N = q.shape[2], len(offsets)
+    for name, t, shape in (("linear_slopes", slopes, (H,)), ("relative_scale", rs, (H, N))):
+        if t is not None and tuple(t.shape) != shape: raise ValueError(f"the encoding's {name} has shape {tuple(t.shape)}, expected {shape}")
     if slopes is not None: return 1, slopes.to(q.device, torch.float32).contiguous(), None, rs
     rb = encoding.relative_bias(offsets)
     if rb is None: raise ValueError(f"{type(encoding).__name__} gives no slopes nor relative_bias(offsets)")
+    if tuple(rb.shape) != (H, N): raise ValueError(f"the encoding's relative_bias has shape {tuple(rb.shape)}, expected {(H, N)}")
     return 2, None, rb.to(q.device, torch.float32).contiguous(), rs
 
 def _why_not_kernel(q, k, v, encoding, positions):
@@ -177,8 +197,8 @@ def attend(q:Tensor, # (B, Tq, Hq, D) queries
            positions:Tensor|None=None, # default: the encoding's `default_positions`, queries taking the last Tq
            x:Tensor|None=None) -> Tensor: # (B, Tq, Hq, D) in q's dtype; `x` (B, T, C) hidden states for encodings that read them
     "Attention over any encoding; `positions` (both q and k) default to 0..Tk-1, queries taking the last Tq"
-    _check_qk(q, k, v)
-    enc = _as_encoding(encoding)
+    _check_qk(q, k, v, causal)
+    enc = _as_encoding(encoding); _check_heads(enc, q.shape[2])
     mode, why = None, (_why_not_kernel(q, k, v, enc, positions) if resolve_backend(backend, q) == "triton" else "torch backend")
     if why is None:
         try: mode = bias_mode(enc, q, k.shape[1])

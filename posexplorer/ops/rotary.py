@@ -12,7 +12,8 @@ import os, types
 from typing import NamedTuple
 import torch
 from torch import Tensor
-from ..core import check_layout, check_rotary, check_tensor, check_positions, cos_sin, rotate_cs, rotate, angles as _angles
+from ..core import (check_layout, check_rotary, check_tensor, check_positions, check_bool, check_positive, cos_sin, rotate_cs, rotate,
+                              wrap_angles, angles as _angles)
 try:
     import triton
     import triton.language as tl
@@ -59,7 +60,8 @@ def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr,  # inputs, outputs (the same po
     else:
         axis = tl.load(axis_ptr + offs_r, mask=mask_r, other=0) if HAS_AXES else offs_r * 0
         pos = tl.load(pos_ptr + axis[None, :] * s_pa + pid_b * s_pb + offs_t[:, None] * s_pt, mask=mask, other=0)
-        theta = pos.to(tl.float32) * tl.load(freq_ptr + offs_r, mask=mask_r, other=0.0)[None, :]
+        theta = pos.to(tl.float64) * tl.load(freq_ptr + offs_r, mask=mask_r, other=0.0)[None, :]  # float64 inv_freq: exact product
+        theta = (theta - 6.283185307179586 * tl.floor(theta * 0.15915494309189535 + 0.5)).to(tl.float32)  # wrapped to [-π, π], then rounded
     cos = tl.cos(theta).to(tl.float32) * scale
     sin = tl.sin(theta).to(tl.float32) * scale
     if CONJ: sin = -sin
@@ -77,10 +79,10 @@ class _Source(NamedTuple):
     positions: Tensor|None = None  # (T,), (B, T); (A, T), (A, B, T) with axis_map
     inv_freq: Tensor|None = None  # (R,)
     axis_map: Tensor|None = None  # (R,) int
-    def table(self) -> Tensor:
-        "The angle table; the torch reference computes it from positions when needed"
+    def table(self, dtype=torch.float32) -> Tensor:
+        "The angle table; the torch reference computes it from positions when needed (in `dtype`)"
         if self.angles is not None: return self.angles
-        return _angles(self.positions, self.inv_freq, axis_map=self.axis_map)
+        return wrap_angles(_angles(self.positions, self.inv_freq, torch.float64, self.axis_map), dtype)  # as the kernel: exact, wrapped, rounded
 
 # %% ../../nbs/ops/rotary.ipynb #3c08e164
 def _check_pair(q, k, src, layout):
@@ -124,7 +126,7 @@ def _launch(q, k, qo, ko, src, layout, conj, scale, block_t=None):
         pos, freq, axis, sp = dummy, dummy, dummy, (0, 0, 0)
     else:
         ang, s_ab, s_at, pos = dummy, 0, 0, _check_source(src, q)
-        R, freq = len(src.inv_freq), src.inv_freq.to(device=q.device, dtype=torch.float32).contiguous()
+        R, freq = len(src.inv_freq), src.inv_freq.to(device=q.device, dtype=torch.float64).contiguous()
         axis = src.axis_map.to(device=q.device, dtype=torch.int32).contiguous() if src.axis_map is not None else dummy
         sp = (pos.stride(0), pos.stride(1) if pos.shape[1] > 1 else 0, pos.stride(2))
     block_t = block_t or (16 if os.environ.get("TRITON_INTERPRET") != "1" else 64)
@@ -162,8 +164,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once: Triton reads
 def resolve_backend(backend, q):
     "Resolve `backend` for tensors on q's device"
     if backend not in BACKENDS: raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto": return "triton" if q.is_cuda and isinstance(triton, types.ModuleType) else "torch"
+    if backend == "auto": return "triton" if q.is_cuda and q.dtype != torch.float64 and isinstance(triton, types.ModuleType) else "torch"
     if backend == "triton":
+        if q.dtype == torch.float64: raise ValueError("`backend`='triton' computes in float32, which would round float64 inputs silently; use backend='torch' (or 'auto')")
         if not isinstance(triton, types.ModuleType): raise ValueError("`backend`='triton' needs the triton package (Linux)")
         if not (q.is_cuda or INTERPRET): raise ValueError("`backend`='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before posexplorer.ops.rotary is imported")
     return backend
@@ -182,7 +185,7 @@ class _RotateCS(torch.autograd.Function):
 
 def _torch_rotary(q, k, src, layout, inplace, scale):
     "The torch path: `core.rotate`'s arithmetic, cos and sin computed once for q and k and scaled like the kernel"
-    cos, sin = cos_sin(src.table())
+    cos, sin = cos_sin(src.table(torch.float64 if q.dtype == torch.float64 else torch.float32))
     if scale != 1.0: cos, sin = cos * scale, sin * scale
     def one(x):
         if x is None: return None
@@ -191,11 +194,23 @@ def _torch_rotary(q, k, src, layout, inplace, scale):
         return x.copy_(y) if inplace else y
     return one(q), one(k)
 
+# %% ../../nbs/ops/rotary.ipynb #f3922569
+def _overlap(a, b) -> bool:
+    "Do two tensors share any bytes of storage? (Conservative: the spans of their elements overlap.)"
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr(): return False
+    def span(t):
+        lo = t.storage_offset() * t.element_size()
+        return lo, lo + (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
 # %% ../../nbs/ops/rotary.ipynb #0128de7e
 def _apply(q, k, src, layout, backend, inplace, scale):
     "Shared body of the public calls"
-    check_layout(layout); check_tensor("q", q)
+    check_layout(layout); check_tensor("q", q); check_bool(inplace, "inplace"); check_positive(scale, "scale")
     _check_pair(q, k, src, layout)
+    if inplace and k is not None and _overlap(q, k):
+        raise ValueError("`k` shares memory with `q`: rotating both in place would turn the shared features twice; pass k=None, or inplace=False")
     if resolve_backend(backend, q) == "torch": return _torch_rotary(q, k, src, layout, inplace, scale)
     if src.angles is not None and src.angles.requires_grad:
         raise ValueError("`angles` requires grad, which the Triton kernel does not compute; use backend='torch'")

@@ -6,13 +6,14 @@ Docs: https://posexplorer.github.io/posexplorer/tools/bench.html.md"""
 
 # %% auto #0
 __all__ = ['BF16', 'FP16', 'FP32', 'PRESETS', 'DTYPES', 'CONTENDERS', 'TOL', 'Shape', 'bytes_moved', 'Case', 'Unavailable',
-           'check', 'samples', 'time_fn', 'Results', 'unavailable_reason', 'run', 'device_name', 'table', 'add_args',
-           'command', 'run_command']
+           'check', 'samples', 'time_fn', 'Results', 'unavailable_reason', 'check_device', 'check_contenders', 'run',
+           'device_name', 'table', 'add_args', 'check_outputs', 'check_args', 'command', 'run_command']
 
 # %% ../../nbs/tools/bench.ipynb #176c2d1f
 from ..core.extras import require
 require("lab", "posexplorer bench (posexplorer.tools.bench)")  # a one-line error naming the extra, before any import that needs it
-import argparse, csv, inspect, json, math, platform, shutil, statistics, time, types
+import argparse, csv, inspect, json, math, platform, shutil, statistics, sys, time, types
+from pathlib import Path
 from dataclasses import dataclass
 import torch
 from torch import Tensor
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from ..ops import rotary as kernels
 from ..core import angles, inv_freq
 from ..ops.rotary import apply_rotary, apply_rotary_positions
+from .cli import option, comma_list, writable_file
 
 # %% ../../nbs/tools/bench.ipynb #1f8a46f8
 @dataclass(frozen=True)
@@ -303,10 +305,29 @@ def _vs_hf(rows) -> list:
 # %% ../../nbs/tools/bench.ipynb #321e2984
 def _cases(shapes, dtypes, preset) -> list: # [(Shape, dtype)]
     "The preset's cases, or the product of the given shapes and dtypes (the preset's where not given)"
+    for name, v in (("shapes", shapes), ("dtypes", dtypes)):
+        if v is not None and not len(v): raise ValueError(f"`{name}` is empty; leave it None for the preset's")
     if shapes is None and dtypes is None: return PRESETS[preset]
     shapes = shapes or list(dict.fromkeys(s for s, _ in PRESETS[preset]))
     dtypes = dtypes or list(dict.fromkeys(d for _, d in PRESETS[preset]))
     return [(s, d) for s in shapes for d in dtypes]
+
+# %% ../../nbs/tools/bench.ipynb #44a08c6c
+def check_device(device) -> torch.device:
+    "`device` as a `torch.device` the benchmarks run on: cpu, or cuda[:N] where that GPU exists; else ValueError"
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError): d = None
+    if d is None or d.type not in ("cpu", "cuda"): raise ValueError(f"device {device!r} is not one the benchmarks run on: cpu, cuda or cuda:N")
+    if d.type == "cuda" and not torch.cuda.is_available(): raise ValueError(f"device {device!r}: CUDA is not available on this machine (torch.cuda.is_available() is False)")
+    if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count(): raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return d
+
+def check_contenders(names, known:dict) -> list|None:
+    "`names` if every one is a key of `known` (None: the default set); else ValueError naming the unknown ones"
+    if names is None: return None
+    if not len(names): raise ValueError("`contenders` is empty; leave it None for every contender that can run")
+    if bad := [n for n in names if n not in known]: raise ValueError(f"unknown `contenders` {bad}; known: {list(known)}")
+    return list(names)
 
 # %% ../../nbs/tools/bench.ipynb #0d48660c
 def run(shapes:list|None=None, # `Shape`s; default: the preset's
@@ -317,10 +338,9 @@ def run(shapes:list|None=None, # `Shape`s; default: the preset's
         full:bool=False, # the GPU shapes even on a CPU
         progress:bool=True) -> Results:
     "Check, then time, each contender on each case: forward and forward+backward"
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     preset = "quick" if quick else "gpu" if full or device.type == "cuda" else "cpu"
-    names = contenders or [n for n in CONTENDERS if not n.startswith("triton") or device.type == "cuda"]
-    if unknown := set(names) - set(CONTENDERS): raise ValueError(f"unknown `contenders` {sorted(unknown)}; known: {list(CONTENDERS)}")
+    names = check_contenders(contenders, CONTENDERS) or [n for n in CONTENDERS if not n.startswith("triton") or device.type == "cuda"]
     cases, rows, skipped, rounds = _cases(shapes, dtypes, preset), [], [], 3
     with tqdm(total=len(cases) * (len(names) + rounds), desc="bench", disable=not progress, leave=False) as bar:
         for s, d in cases:
@@ -402,27 +422,36 @@ def _markdown(results) -> str:
     return "\n".join(lines) + "\n\n" + "\n\n".join(_footer(results))  # one paragraph per footer line
 
 # %% ../../nbs/tools/bench.ipynb #583c7ffb
-def _listed(known:dict):
-    "An argparse type: a comma-separated list of keys of `known`, mapped to their values"
-    def parse(s):
-        names = [n.strip() for n in s.split(",") if n.strip()]
-        if bad := [n for n in names if n not in known]: raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {','.join(known)}")
-        return [known[n] for n in names]
-    return parse
+def _one_of(known:dict):
+    "An item check for `comma_list`: a key of `known`, mapped to its value"
+    def check(name):
+        if name not in known: raise ValueError(f"unknown {name!r}; choose from {','.join(known)}")
+        return known[name]
+    return check
 
 # %% ../../nbs/tools/bench.ipynb #301312c5
 def add_args(p):
     "Options of `posexplorer bench`"
-    p.add_argument("--quick", action="store_true", help="tiny shapes, short budgets (a smoke test)")
-    p.add_argument("--full", action="store_true", help="the GPU shapes even on a CPU (slow)")
-    p.add_argument("--contenders", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
-                   help=f"comma-separated, from {','.join(CONTENDERS)} (with --attention: triton,sdpa,flex,reference)")
-    p.add_argument("--dtypes", type=_listed(DTYPES), help=f"comma-separated, from {','.join(DTYPES)}")
-    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
-    p.add_argument("--csv", metavar="PATH", help="also save the results as CSV")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny shapes, short budgets (a smoke test)")
+    size.add_argument("--full", action="store_true", help="the GPU shapes even on a CPU (slow)")
+    p.add_argument("--contenders", type=comma_list(), help=f"comma-separated, from {','.join(CONTENDERS)} (with --attention: triton,sdpa,flex,reference)")
+    p.add_argument("--dtypes", type=comma_list(_one_of(DTYPES)), help=f"comma-separated, from {','.join(DTYPES)}")
+    p.add_argument("--device", type=option(check_device), help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--json", metavar="PATH", type=option(writable_file), help="also save the results as JSON")
+    p.add_argument("--csv", metavar="PATH", type=option(writable_file), help="also save the results as CSV")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--attention", action="store_true", help="the attention-with-bias benchmark instead (SDPA, FlexAttention)")
+
+def check_outputs(args):
+    "`--json` and `--csv` must not name the same file"
+    if args.json and args.csv and Path(args.json).resolve() == Path(args.csv).resolve(): raise ValueError(f"argument --csv: {args.csv} is also the --json file")
+
+def check_args(args):
+    "Checks across options, before any work (the cli turns a ValueError into a usage error)"
+    try: check_contenders(args.contenders, CONTENDERS)
+    except ValueError as e: raise ValueError(f"argument --contenders: {e}") from None
+    check_outputs(args)
 
 # %% ../../nbs/tools/bench.ipynb #a166d1ff
 def command(args) -> int: # exit status
@@ -431,14 +460,15 @@ def command(args) -> int: # exit status
                                    full=args.full, progress=not args.no_progress), table, args)
 
 def run_command(bench, table, args) -> int: # exit status
-    "Run `bench()`, print `table` of its results and save them as JSON (`args.json`) and CSV (`args.csv`); a ValueError exits with 2"
+    "Run `bench()`, print `table` of its results and save them as JSON (`args.json`) and CSV (`args.csv`); ValueError: 2, Ctrl-C: 130"
     try:
         res = bench()
         print(table(res))
-        if args.json: open(args.json, "w").write(res.to_json())
+        if args.json: Path(args.json).write_text(res.to_json())
         if args.csv: _write_csv(res, args.csv)
         return 0
-    except ValueError as e: print(f"posexplorer bench: error: {e}"); return 2
+    except ValueError as e: print(f"posexplorer bench: error: {e}", file=sys.stderr); return 2
+    except KeyboardInterrupt: print("posexplorer bench: interrupted; nothing saved", file=sys.stderr); return 130
 
 def _write_csv(results, path):
     with open(path, "w", newline="") as f:

@@ -32,6 +32,21 @@ def _read(config, key:str, default=None):
     except Exception: v = default  # Gemma 4's config raises for keys that differ between layers
     return default if v is None else v
 
+def _lookup(config, params:dict, inner:tuple, outer:tuple=()) -> tuple: # (key, value), or (None, None) where all are absent
+    "The first key of the rope dict (`inner`), then of the config (`outer`), whose value is present and not None"
+    for key in inner:
+        if params.get(key) is not None: return key, params[key]
+    for key in outer:
+        if _read(config, key) is not None: return key, _read(config, key)
+    return None, None
+
+def _number(key:str, v, integer:bool=False):
+    "`v`, the value of config key `key`, if it is a finite number > 0 (an integer where `integer`); else a ValueError naming the key"
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"config key `{key}` must be {'a positive integer' if integer else 'a finite number > 0'}, got {v!r}")
+    return v
+
 def _as_config(config, layer_type:str|None):
     "A dict or config object to read; a multimodal config's text part; a config object's per-layer view"
     if isinstance(config, Mapping):
@@ -49,11 +64,12 @@ def _nested(rp) -> bool: return bool(rp) and all(isinstance(v, Mapping) or v is 
 def _rope_dicts(config) -> dict:
     "The rope parameters as published: `rope_scaling` before `rope_parameters`; Gemma 3's flat form made per layer type"
     keys = ("rope_scaling", "rope_parameters") if isinstance(config, Mapping) else ("rope_parameters", "rope_scaling")  # objects of transformers 4 have only the second
-    rp = _read(config, keys[0]) or _read(config, keys[1]) or {}
+    given = [v for v in (_read(config, keys[0]), _read(config, keys[1])) if v is not None and not (isinstance(v, Mapping) and not v)]  # {}: none
+    rp = given[0] if given else {}
     if not isinstance(rp, Mapping): raise TypeError(f"`rope_parameters` (or `rope_scaling`) must be a dict, got {type(rp).__name__}")
     local = _read(config, "rope_local_base_freq")  # Gemma 3: sliding-window layers use plain RoPE with this θ
     if local is not None and not _nested(rp):
-        return {"full_attention": dict(rp), "sliding_attention": {"rope_type": "default", "rope_theta": local}}
+        return {"full_attention": dict(rp), "sliding_attention": {"rope_type": "default", "rope_theta": _number("rope_local_base_freq", local)}}
     return rp
 
 def _layer_params(config, layer_type:str|None) -> tuple: # (a copy of the flat dict, whether it was keyed by layer type)
@@ -70,7 +86,7 @@ def _layer_params(config, layer_type:str|None) -> tuple: # (a copy of the flat d
 # %% ../../nbs/tools/hf.ipynb #fdd9384d
 def _rope_type(params:dict) -> str:
     "transformers' rope_type of a flat rope dict: `rope_type`, else `type`, else 'default'; aliases resolved"
-    t = params.get("rope_type", params.get("type")) or "default"
+    t = next((params[k] for k in ("rope_type", "type") if params.get(k) is not None), "default")  # "" or 0 is malformed, not "default"
     t = HF_ALIASES.get(t, t) if isinstance(t, str) else t
     if not isinstance(t, str) or t not in HF_ROPE_TYPES:
         raise ValueError(f"unknown or malformed `rope_type` {t!r}; supported: {', '.join(HF_ROPE_TYPES)} (aliases: {', '.join(HF_ALIASES)})")
@@ -84,32 +100,36 @@ def _check_required(rope_type:str, params:dict):
 # %% ../../nbs/tools/hf.ipynb #6f2daf86
 def _head_dim(config, layer_type) -> int:
     "`global_head_dim` for Gemma 4's full-attention layers, DeepSeek's `qk_rope_head_dim`, `head_dim`, else hidden / heads"
-    if layer_type == "full_attention" and _read(config, "global_head_dim"): return _read(config, "global_head_dim")
-    hd = _read(config, "qk_rope_head_dim") or _read(config, "head_dim")
-    if hd: return hd
-    hidden, heads = _read(config, "hidden_size", _read(config, "n_embd")), _read(config, "num_attention_heads", _read(config, "n_head"))
-    if not hidden or not heads: raise ValueError("`config` needs `head_dim`, or `hidden_size` and `num_attention_heads`, to give the head dim")
-    return hidden // heads
+    key, hd = _lookup(config, {}, (), ("global_head_dim",) * (layer_type == "full_attention") + ("qk_rope_head_dim", "head_dim"))
+    if key is not None: return _number(key, hd, integer=True)
+    (hk, hidden), (nk, heads) = _lookup(config, {}, (), ("hidden_size", "n_embd")), _lookup(config, {}, (), ("num_attention_heads", "n_head"))
+    if hk is None or nk is None: raise ValueError("`config` needs `head_dim`, or `hidden_size` and `num_attention_heads`, to give the head dim")
+    return _number(hk, hidden, integer=True) // _number(nk, heads, integer=True)
 
 def _theta(config, params) -> float:
     "θ: inside the rope dict, else top-level `rope_theta` (GPT-NeoX: `rotary_emb_base`), else transformers' default 10000"
-    return params.get("rope_theta") or _read(config, "rope_theta") or _read(config, "rotary_emb_base") or 10000.0
+    key, theta = _lookup(config, params, ("rope_theta",), ("rope_theta", "rotary_emb_base"))
+    return 10000.0 if key is None else _number(key, theta)
 
 def _partial(config, params, head_dim) -> float:
     "The rotating share: inside the dict, else top-level `partial_rotary_factor`, GPT-NeoX's `rotary_pct`, GPT-J's `rotary_dim`"
-    p = params.get("partial_rotary_factor") or _read(config, "partial_rotary_factor") or _read(config, "rotary_pct")
-    if p is None and _read(config, "rotary_dim"): p = _read(config, "rotary_dim") / head_dim
-    return p if p is not None else 1.0
+    key, v = _lookup(config, params, ("partial_rotary_factor",), ("partial_rotary_factor", "rotary_pct", "rotary_dim"))
+    if key is None: return 1.0
+    p = _number(key, v, integer=True) / head_dim if key == "rotary_dim" else _number(key, v)
+    if p > 1: raise ValueError(f"config key `{key}` must give a rotating share in (0, 1] of the head dim {head_dim}, got {v!r}")
+    return p
 
 # %% ../../nbs/tools/hf.ipynb #9d17532b
 def _lengths(config, params, rope_type, nested) -> dict:
     "max_position_embeddings, and original_max_position_embeddings (and LongRoPE's factor) as transformers fills them"
     out, top = {}, _read(config, "max_position_embeddings")
-    if top is not None: out["max_position_embeddings"] = top
+    if top is not None: out["max_position_embeddings"] = top = _number("max_position_embeddings", top, integer=True)
     if rope_type in HF_ORIGINAL_LENGTH:
-        orig = (None if nested else _read(config, "original_max_position_embeddings")) or params.get("original_max_position_embeddings") or top
+        key, orig = _lookup(config, {}, (), ("original_max_position_embeddings",) * (not nested))  # the top-level value wins
+        if key is None: key, orig = _lookup(config, params, ("original_max_position_embeddings",))
+        if key is None: key, orig = "max_position_embeddings", top
         if orig is None: raise ValueError(f"rope_type {rope_type!r} needs `original_max_position_embeddings` (or `max_position_embeddings`)")
-        out["original_max_position_embeddings"] = orig
+        out["original_max_position_embeddings"] = orig = _number(key, orig, integer=True)
         if rope_type == "longrope" and params.get("factor") is None and top is not None: out["factor"] = top / orig
     if rope_type == "dynamic":  # transformers' dynamic NTK grows past max_position_embeddings, whatever else the config says
         if top is None: raise ValueError("rope_type 'dynamic' needs `max_position_embeddings`: transformers scales past it")
@@ -138,7 +158,8 @@ def _encoding_class(name:str, rope_type:str):
 def _name(p:dict) -> tuple: # (registered name, extra parameters)
     "Our encoding for the standardized parameters: the type map, and M-RoPE where default frequencies carry `mrope_section`"
     name = HF_ROPE_TYPES[p["rope_type"]]
-    if name != "rope" or not p.get("mrope_section"): return name, {}
+    if name != "rope" or p.get("mrope_section") is None: return name, {}
+    if not isinstance(p["mrope_section"], (list, tuple)): raise ValueError(f"config key `mrope_section` must be a list of pair counts, got {p['mrope_section']!r}")
     return ("mrope_interleaved" if p.get("mrope_interleaved") else "mrope"), {"sections": tuple(p["mrope_section"])}
 
 def from_hf_config(config, # a config.json dict, or a transformers config object

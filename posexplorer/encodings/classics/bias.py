@@ -28,7 +28,7 @@ def _check_bias_positions(q_positions, k_positions, integer:bool=False):
 def alibi_slopes(n_heads:int, # attention heads H, >= 1
                  dtype:torch.dtype=torch.float32) -> Tensor: # (H,) float32 (float64 on request)
     "ALiBi's slope per head: 2^(-8h/H), h = 1..H, for H a power of two; else those of the largest power c < H, then 2^(-4(2i+1)/c) for i < H - c"
-    check_int(n_heads, "n_heads")
+    check_int(n_heads, "n_heads"); n_heads = int(n_heads)  # any integer (numpy's too), never a bool or a float
     if dtype not in (torch.float32, torch.float64): raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
     c = 1 << (n_heads.bit_length() - 1)  # the largest power of two <= H
     expo = [8 * h / c for h in range(1, c + 1)] + [4 * (2 * i + 1) / c for i in range(n_heads - c)]  # 2^(-8h/c); odd places of the 2c sequence

@@ -30,10 +30,11 @@ def harmonic_slopes(n_heads:int, # heads H, >= 1
 @dataclass(eq=False)
 class RopeAlibiHarmonic(ALiBi):
     "Our reading: RoPE rotates q and k (`.rotary`), and head h = 1..H adds −(c/h)·|k − q| to the logits"
-    dim: int = 64  # rotary dim d of the RoPE part: features that rotate (<= the head dim)
+    dim: int = 64  # head dim D of q and k, which the RoPE part rotates
     base: float = 10000.0  # RoPE's base θ
     c: float|None = None  # slope of head 1; default ALiBi's first slope 2^(-8/H)
+    partial_rotary_factor: float = 1.0  # RoPE's: the share of the head dim that rotates; the rest passes through
     def __post_init__(self):
         check_int(self.n_heads, "n_heads")
-        self.rotary: RotaryEncoding = RoPE(dim=self.dim, base=self.base)  # validates dim and base
+        self.rotary: RotaryEncoding = RoPE(dim=self.dim, base=self.base, partial_rotary_factor=self.partial_rotary_factor)  # validates all three
         self.slopes = harmonic_slopes(self.n_heads, 2.0 ** (-8 / self.n_heads) if self.c is None else self.c)  # (H,)

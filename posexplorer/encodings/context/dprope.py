@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from ...core.measures import angle_hist, kl_divergence, kl_disturbance
-from ...core import angles, inv_freq as rope_inv_freq, register, check_int, check_positive
+from ...core import angles, register, check_int, check_positive
 from ..classics.rope import RoPE
 
 # %% ../../../nbs/context/dprope.ipynb #10a3c66c
@@ -53,7 +53,7 @@ class DPRoPE(RoPE):
     def extended_length(self) -> int: return math.ceil(self.factor * self.original_max_position_embeddings)  # L' = ⌈sL⌉
     def frequencies(self, inv_freq:Tensor) -> Tensor: # (R,) θ̂_i
         _check_dprope(self)
-        interp = (rope_inv_freq(2 * len(inv_freq), self.base, torch.float64) / self.factor).to(inv_freq.dtype)  # θ_i/s, rounded once
+        interp = inv_freq / self.factor  # θ_i/s, float64 like RoPE's θ_i
         train = pair_histograms(inv_freq, self.original_max_position_embeddings, self.bins)
         self.disturbance_extrapolation, self.disturbance_interpolation = _disturbances(train, [inv_freq, interp], self.extended_length, self.bins)
         self.interpolated = self.disturbance_extrapolation > self.disturbance_interpolation + self.threshold  # eq. (9); ties extrapolate

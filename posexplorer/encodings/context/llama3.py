@@ -38,7 +38,7 @@ class Llama3RoPE(RoPE):
     original_max_position_embeddings: int = 8192  # L₀, the pre-training context
     def __post_init__(self): _check_llama3(self); super().__post_init__()
     def frequencies(self, inv_freq:Tensor) -> Tensor: # (R,) θ'_i
-        f = rope_inv_freq(2 * len(inv_freq), self.base, torch.float64)  # recomputed in float64, rounded once below
+        f = rope_inv_freq(2 * len(inv_freq), self.base, torch.float64)  # recomputed in float64 and kept there
         return llama3_frequencies(f, self.factor, self.low_freq_factor, self.high_freq_factor, self.original_max_position_embeddings).to(inv_freq.dtype)
 
 def _check_llama3(enc):

@@ -76,9 +76,9 @@ class LongRoPE(RoPE):
         _check_longrope(self); super().__post_init__()
         self.long_inv_freq = self._scaled(self.long_factor, "long_factor")  # (R,) the frequencies past L₀
     def frequencies(self, inv_freq:Tensor) -> Tensor: return self._scaled(self.short_factor, "short_factor")  # (R,) what HF computes at init
-    def _scaled(self, factors, name:str) -> Tensor: # (R,) float32
+    def _scaled(self, factors, name:str) -> Tensor: # (R,) float64
         f = rope_inv_freq(partial_rotary_dim(self.dim, self.partial_rotary_factor), self.base, torch.float64)
-        return (f / _factor_list(factors, name, len(f))).float()
+        return f / _factor_list(factors, name, len(f))
     @property
     def s(self) -> float:
         "The extension factor s: `factor`, else max_position_embeddings / L₀ (max defaulting to 4 L₀)"

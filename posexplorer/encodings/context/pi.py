@@ -31,7 +31,7 @@ class LinearRoPE(RoPE):
     def frequencies(self, inv_freq:Tensor) -> Tensor: # (d/2,) θ_i / s
         "RoPE's frequencies divided by `factor`, from float64"
         check_factor(self.factor)
-        return (core.inv_freq(2 * len(inv_freq), self.base, torch.float64) / self.factor).float()
+        return core.inv_freq(2 * len(inv_freq), self.base, torch.float64) / self.factor
 
 # %% ../../../nbs/context/pi.ipynb #3cde52bf
 def fitted_qk(L:int, # training context: the score is fitted at distances 0..L-1

@@ -23,7 +23,7 @@ class ProportionalRoPE(RoPE):
         p = self.partial_rotary_factor
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1: raise ValueError(f"`partial_rotary_factor` must be in (0, 1], got {p!r}")
         if self.factor < 1: raise ValueError(f"`factor` must be >= 1, got {self.factor}")
-        self.inv_freq = self.frequencies(inv_freq(self.dim, self.base, torch.float64)).float()  # (dim/2,), rounded once
+        self.inv_freq = self.frequencies(inv_freq(self.dim, self.base, torch.float64))  # (dim/2,) float64, like every encoding's
     def frequencies(self, inv_freq:Tensor) -> Tensor: # (dim/2,) θ_i, zero past the first ⌊p·dim/2⌋
         n = int(self.partial_rotary_factor * self.dim // 2)  # Hugging Face's rounding: floor of p·dim/2
         return torch.cat([inv_freq[:n], inv_freq.new_zeros(len(inv_freq) - n)]) / self.factor

@@ -12,7 +12,7 @@ __all__ = ['rotate_rows', 'WRoPE', 'far_correlation', 'kmeans', 'query_aware_kme
 from dataclasses import dataclass
 import torch
 from torch import Tensor
-from ...core import register, rotate, check_int, check_tensor
+from ...core import register, rotate, wrap_angles, check_int, check_tensor
 from ..classics.rope import RoPE
 
 # %% ../../../nbs/inference/a2ats.ipynb #6ee834a5
@@ -20,8 +20,9 @@ def rotate_rows(enc, # a rotary encoding
                 x:Tensor, # (T, D) vectors, one per row
                 positions:Tensor) -> Tensor: # (T,) -> (T, D); float64 angles for float64 x
     "Rotate rows of x (half layout) at the given positions"
+    enc.check_head_dim(x[None, :, None], "x")  # D must be the encoding's dim: partial rotary is asked for, never inferred
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return rotate(x[None, :, None], enc.angles(positions.to(x.device), dt))[0, :, 0]
+    return rotate(x[None, :, None], wrap_angles(enc.angles(positions.to(x.device), torch.float64), dt))[0, :, 0]  # exact angles, mod 2π, rounded once
 
 def _check_qk(q, k, q_positions, k_positions):
     for n, t in (("q", q), ("k", k)): check_tensor(n, t)

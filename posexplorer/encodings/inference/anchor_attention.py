@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from ...core import inv_freq, register, check_dim, check_positive, check_int, check_tensor, check_dtypes
+from ...core import inv_freq, register, check_dim, check_positive, check_int, check_bool, check_tensor, check_dtypes
 from ..classics.rope import RoPE
 
 # %% ../../../nbs/inference/anchor_attention.ipynb #7a0debc6
@@ -97,6 +97,8 @@ class AnchorAttention(RoPE):
     "RoPE with AnchorAttention's layout: a shared anchor at a fixed position, documents isolated from each other"
     anchor_position: int = 0  # the anchor's position id in every window
     reset_positions: bool = False  # restart each document's positions after the anchor (our option; see the notebook)
+    def __post_init__(self):
+        super().__post_init__(); check_int(self.anchor_position, "anchor_position", 0); check_bool(self.reset_positions, "reset_positions")
     def position_ids(self, doc_lengths) -> Tensor: # (1 + ΣL,) int64
         "Position ids of the window `[anchor, doc 0, doc 1, ...]`"
         return anchor_layout(doc_lengths, self.anchor_position, self.reset_positions)[1]

@@ -35,10 +35,10 @@ def axial_frequencies(axes_dim:tuple, base:float=10000.0) -> tuple: # (R,) inv_f
 class FreeFlux(RoPE):
     "RoPE as a layer probe: the card of FreeFlux's key-position shift (the encoding is unchanged RoPE)"
     def shifted(self, positions:Tensor, delta, mask:Tensor|None=None) -> Tensor:
-        "Key positions moved by Δ (only where `mask` (T,) is True): `positions + Δ`"
-        d = torch.as_tensor(delta, dtype=torch.float32)
-        if mask is not None: d = d * mask.to(torch.float32)  # (T,) or broadcast (A, T)
-        return positions.to(torch.float32) + d
+        "Key positions moved by Δ (only where `mask` (T,) is True): `positions + Δ`, float64 (exact for |positions| < 2⁵³)"
+        d = torch.as_tensor(delta, dtype=torch.float64)
+        if mask is not None: d = d * mask.to(torch.float64)  # (T,) or broadcast (A, T)
+        return positions.to(torch.float64) + d
 
 # %% ../../../nbs/inference/freeflux.ipynb #dd5cea49
 @dataclass
@@ -97,5 +97,5 @@ def probe_layers(model:TinyMMDiT, text:Tensor, image:Tensor, positions:Tensor, d
     "Relative change of the output when only layer ℓ's image keys are moved by `delta` (3,) positions"
     y, n = model(text, image, positions), text.shape[1]
     is_img = torch.arange(positions.shape[1]) >= n
-    k_pos = FreeFlux().shifted(positions, torch.as_tensor(delta, dtype=torch.float32)[:, None], is_img)
+    k_pos = FreeFlux().shifted(positions, torch.as_tensor(delta, dtype=torch.float64)[:, None], is_img)
     return [float((model(text, image, positions, {i: k_pos}) - y).norm() / y.norm()) for i in range(len(model.blocks))]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from ...core import register, get, angles, check_tensor, check_finite
+from ...core import register, get, angles, wrap_angles, check_tensor, check_finite
 from ..classics.rope import RoPE
 from ...ops.rotary import apply_rotary
 
@@ -49,7 +49,7 @@ def shift_keys_(k_cache:Tensor, # (B, T, H, D) cached keys, already rotated; mod
     d = _deltas(delta, k_cache.shape[0], ks.shape[1], k_cache.device)
     if ks.shape[1] == 0: return k_cache  # an edit at the very end moves nothing
     dt = torch.float64 if k_cache.dtype == torch.float64 else torch.float32
-    apply_rotary(ks, None, angles(d, inv_freq, dt), layout=layout, backend=backend, inplace=True)
+    apply_rotary(ks, None, wrap_angles(angles(d, inv_freq, torch.float64), dt), layout=layout, backend=backend, inplace=True)  # exact Δ·θ_i, mod 2π
     return k_cache
 
 # %% ../../../nbs/inference/pie.ipynb #214ad139
@@ -60,6 +60,7 @@ class PIE(RoPE):
     "RoPE plus PIE's cache correction `shift_keys_` (the encoding itself is unchanged)"
     def shift_keys_(self, k_cache:Tensor, start:int, delta, layout:str="half", backend:str="auto") -> Tensor:
         "Rotate the cached keys from `start` on by Δ positions, in place, with this encoding's frequencies"
+        self.check_head_dim(k_cache, "k_cache")  # partial rotary is asked for (partial_rotary_factor), never inferred
         return shift_keys_(k_cache, start, delta, self.inv_freq, layout, backend)
 
 # %% ../../../nbs/inference/pie.ipynb #f03cac39

@@ -13,7 +13,7 @@ __all__ = ['grid_points', 'BlockRotary', 'ComRoPEAP', 'ComRoPELD', 'LieRE', 'blo
 import math, numbers, platform, types
 import torch
 from torch import nn, Tensor
-from ...core import GeneralEncoding, register, check_tensor, check_nonempty, check_finite, check_int, check_positive
+from ...core import GeneralEncoding, register, check_tensor, check_nonempty, check_finite, check_int, check_positive, wrap_angles
 from ...ops.rotary import triton, tl, resolve_backend
 
 # %% ../../../nbs/learned/comrope.ipynb #4c699f04
@@ -24,6 +24,12 @@ def _check_axis_positions(positions, A, name="positions") -> Tensor: # (A, B|1, 
     if positions.ndim not in (2, 3) or positions.shape[0] != A:
         raise ValueError(f"`{name}` must be ({A}, T) or ({A}, B, T) for {A} position axes, got shape {tuple(positions.shape)}")
     return positions if positions.ndim == 3 else positions[:, None]
+
+def _check_range(enc, positions, name="positions"):
+    "|positions| within `enc.max_position()`: past it even the float64 rotation errs by more than ~1e-6"
+    top, lim = positions.detach().abs().max().item(), enc.max_position()
+    if top > lim: raise ValueError(f"`{name}` reach |x| = {top:.6g}, past the largest |position| this {enc.name or type(enc).__name__} encoding supports, "
+                                   f"{lim:.6g} (2**32 rad / Σₐ‖Aₐ‖₂ of its generators): past it even float64 angles are off by more than ~1e-6")
 
 def grid_points(T:int, A:int=2, device=None) -> Tensor: # (A, T) long
     "The first T points, row-major, of an A-dimensional grid of side ⌈T^(1/A)⌉ (a ⌈√T⌉-wide grid for A = 2)"
@@ -55,6 +61,10 @@ class BlockRotary(GeneralEncoding, nn.Module):
     def dim_multiple(self) -> int: return self.block_size
     def _init_params(self, randn): raise NotImplementedError
     def generators(self, dtype=None) -> Tensor: raise NotImplementedError  # (Hg, A, n_blocks, b, b) skew-symmetric, in `dtype`
+    def max_position(self) -> float:
+        "Largest supported |position|: angles |x|·Σₐ‖Aₐ‖₂ up to 2**32 rad, where float64 (error ~angle·2**-52) is still right to ~1e-6"
+        with torch.no_grad(): g = torch.linalg.matrix_norm(self.generators(torch.float64), ord=2).sum(1).max().item()  # (Hg, A, nb): max rate of Σₐ
+        return math.inf if g == 0 else 2.0 ** 32 / g
     def default_positions(self, T:int, device=None) -> Tensor: # (A, T)
         "T points of a small grid, row-major: `grid_points(T, n_axes)`"
         return grid_points(T, self.n_axes, device)
@@ -74,6 +84,7 @@ class BlockRotary(GeneralEncoding, nn.Module):
         for name, p, t in (("positions", pq, q), ("k_positions", pk, k)):
             if t is not None and (p.shape[-1] != t.shape[1] or p.shape[1] not in (1, t.shape[0])):
                 raise ValueError(f"`{name}` of shape {tuple(p.shape)} does not cover the (B={t.shape[0]}, T={t.shape[1]}) tokens")
+            if t is not None: _check_range(self, p, name)
         dt = torch.float64 if q.dtype == torch.float64 else torch.float32
         be = resolve_backend(backend, q)
         if be == "triton" and _needs_grad(self, q, k):
@@ -125,10 +136,10 @@ class LieRE(BlockRotary):
 # %% ../../../nbs/learned/comrope.ipynb #5ad877b8
 def block_rotations(enc:BlockRotary, positions:Tensor, # (A, T) or (A, B, T)
                     dtype=torch.float32) -> Tensor: # (B|1, T, Hg, n_blocks, b, b)
-    "Per-token block rotations exp(Σᵢ xᵢ Aᵢ) by `torch.matrix_exp` (the authors' method, any generators)"
-    pos = _check_axis_positions(positions, enc.n_axes).to(dtype)  # (A, B|1, T)
-    L = torch.einsum("abt,hanij->bthnij", pos, enc.generators(dtype))
-    return torch.linalg.matrix_exp(L)
+    "Per-token block rotations exp(Σᵢ xᵢ Aᵢ) by `torch.matrix_exp` (the authors' method, any generators), in float64, rounded once to `dtype`"
+    pos = _check_axis_positions(positions, enc.n_axes); _check_range(enc, pos)  # (A, B|1, T)
+    L = torch.einsum("abt,hanij->bthnij", pos.to(torch.float64), enc.generators(torch.float64))  # in float32, L errs by |L|·6e-8 rad
+    return torch.linalg.matrix_exp(L.contiguous()).to(dtype)  # contiguous: torch's matrix_exp fails on some strided batches
 
 def apply_blocks(x:Tensor, # (B, T, H, D)
                  R:Tensor) -> Tensor: # (B|1, T, Hg, n_blocks, b, b), Hg = 1 or H
@@ -155,18 +166,18 @@ def _rotate_pairs(y, cos, sin): # y (..., b) with pairs (2k, 2k+1); cos, sin (..
 def spectral(enc:BlockRotary, dtype=torch.float32) -> tuple: # V (Hg, n_blocks, b, b), ω (Hg, n_blocks, b/2), ok: bool
     "Schur form of a commuting encoding's per-block skew matrices S_j; `ok` is False when V is not orthogonal"
     if not enc.commuting: raise ValueError(f"{enc.name!r} has non-commuting generators: no shared spectral form, use `block_rotations`")
-    V, w = schur_form(enc.block_generators())
+    V, w = schur_form(enc.block_generators(torch.float64))  # W − Wᵀ in float64: exact, where float32 rounds ω by 6e-8 of itself
     eye = torch.eye(enc.block_size, dtype=V.dtype, device=V.device)
     ok = bool(((V @ V.mT - eye).abs().amax() < 1e-9).item()) if V.numel() else True
     return V.to(dtype), w.to(dtype), ok
 
 def apply_spectral(x:Tensor, # (B, T, H, D)
-                   V:Tensor, w:Tensor, # (Hg, n_blocks, b, b), (Hg, n_blocks, b/2)
-                   tau:Tensor) -> Tensor: # (B|1, T, n_blocks) block times
+                   V:Tensor, w:Tensor, # (Hg, n_blocks, b, b), (Hg, n_blocks, b/2): ω in float64 for large τ
+                   tau:Tensor) -> Tensor: # (B|1, T, n_blocks) block times, float64 for large τ
     "y = V·rot(τ ω)·Vᵀ x per block, no per-token matrices: `(B, T, H, D)` in x's dtype, computed in V's dtype"
     B, T, H, D = x.shape
     xb = x.reshape(B, T, H, V.shape[-3], V.shape[-1]).to(V.dtype)  # (B, T, H, n_blocks, b)
-    theta = tau.to(V.dtype)[:, :, None, :, None] * w  # (B|1, T, Hg, n_blocks, b/2) angles
+    theta = wrap_angles(tau.to(torch.float64)[:, :, None, :, None] * w.to(torch.float64), V.dtype)  # (B|1, T, Hg, n_blocks, b/2): τω in float64, mod 2π
     y = _rotate_pairs(torch.einsum("hnji,bthnj->bthni", V, xb), theta.cos(), theta.sin())
     return torch.einsum("hnij,bthnj->bthni", V, y).reshape(B, T, H, D).to(x.dtype)
 
@@ -183,8 +194,8 @@ def _check_qk(enc, q, k):
 def block_rotary_torch(enc, x, pos, dt):
     "The torch path for one tensor: spectral form where the generators commute, matrix_exp blocks otherwise"
     if enc.commuting:
-        V, w, ok = spectral(enc, dt)
-        if ok: return apply_spectral(x, V, w, enc.block_times(pos.to(dt)))
+        V, w, ok = spectral(enc, torch.float64)  # ω, τ and so the angles τω in float64, like `core.angles`
+        if ok: return apply_spectral(x, V.to(dt), w, enc.block_times(pos.to(torch.float64)))
     return apply_blocks(x, block_rotations(enc, pos, dt))
 
 def _needs_grad(enc, *xs): return torch.is_grad_enabled() and (any(x is not None and x.requires_grad for x in xs) or any(p.requires_grad for p in enc.parameters()))
@@ -208,7 +219,7 @@ def commutator_norm(enc:BlockRotary) -> float: # max |AᵢAⱼ − AⱼAᵢ| ove
 def ap_from_frequencies(inv_freq:Tensor, # (D/2,) the frequency of each pair (the sign is kept)
                         n_axes:int=1) -> "ComRoPEAP":
     "ComRoPE-AP with 2×2 blocks whose generators are ω_j·J: multi-axis RoPE (interleaved) with frequencies `inv_freq`"
-    enc = ComRoPEAP(dim=2 * len(inv_freq), block_size=2, n_axes=n_axes)
+    enc = ComRoPEAP(dim=2 * len(inv_freq), block_size=2, n_axes=n_axes).to(inv_freq.dtype)  # float64 frequencies stay exact
     with torch.no_grad():
         enc.weight.zero_(); enc.weight[0, :, 1, 0] = inv_freq.to(enc.weight.dtype)  # W − Wᵀ = ω J
     return enc
@@ -228,7 +239,7 @@ def _block_rotary_kernel(x_ptr, o_ptr, r_ptr, v_ptr, tau_ptr, w_ptr, H, NB, BS,
         mask_v = mask_n[:, None, None] & mask_i[None, :, None] & mask_p[None, None, :]
         offs_w = offs_n[:, None] * (BS // 2) + offs_p[None, :]
         mask_w = mask_n[:, None] & mask_p[None, :]
-        tau = tl.load(tau_ptr + pid_b * s_tb + pid_t * s_tt + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        tau = tl.load(tau_ptr + pid_b * s_tb + pid_t * s_tt + offs_n, mask=mask_n, other=0.0).to(tl.float64)
     else:  # R[n, i, j] as an (N, S, S) tile
         offs_r = offs_n[:, None, None] * BS * BS + offs_i[None, :, None] * BS + offs_i[None, None, :]
         mask_r = mask_n[:, None, None] & mask_i[None, :, None] & mask_i[None, None, :]
@@ -238,7 +249,8 @@ def _block_rotary_kernel(x_ptr, o_ptr, r_ptr, v_ptr, tau_ptr, w_ptr, H, NB, BS,
             ve = tl.load(v_ptr + h * s_vh + offs_v, mask=mask_v, other=0.0).to(tl.float32)
             vo = tl.load(v_ptr + h * s_vh + offs_v + 1, mask=mask_v, other=0.0).to(tl.float32)
             ye, yo = tl.sum(ve * x[:, :, None], axis=1), tl.sum(vo * x[:, :, None], axis=1)  # (N, P): Vᵀx
-            theta = tau[:, None] * tl.load(w_ptr + h * s_wh + offs_w, mask=mask_w, other=0.0).to(tl.float32)
+            theta = tau[:, None] * tl.load(w_ptr + h * s_wh + offs_w, mask=mask_w, other=0.0).to(tl.float64)  # float64 product
+            theta = (theta - 6.283185307179586 * tl.floor(theta * 0.15915494309189535 + 0.5)).to(tl.float32)  # wrapped to [-π, π], then rounded
             c, s = tl.cos(theta), tl.sin(theta)
             ze, zo = ye * c - yo * s, yo * c + ye * s
             y = tl.sum(ve * ze[:, None, :] + vo * zo[:, None, :], axis=2)  # (N, S): V z
@@ -263,7 +275,7 @@ def launch_block_rotary(x:Tensor, # (B, T, H, D), last dim contiguous
     for n, t in tabs.items():
         check_tensor(n, t)
         if t.device != x.device: raise ValueError(f"`{n}` is on {t.device} but `x` is on {x.device}")
-    tabs = {n: t.float().contiguous() for n, t in tabs.items()}
+    tabs = {n: (t.double() if n in ("w", "tau") else t.float()).contiguous() for n, t in tabs.items()}  # τ, ω in float64: the kernel's τω is exact
     M = tabs.get("R", tabs.get("V"))
     nb, bs, hg = M.shape[-3], M.shape[-1], M.shape[-4]
     if nb * bs != D or M.shape[-2] != bs: raise ValueError(f"block tables of shape {tuple(M.shape)} do not tile the head dim D={D}")
@@ -287,6 +299,6 @@ def block_rotary_triton(enc, x, pos, dt):
     "The Triton path for one tensor (forward only): spectral mode where the generators commute, blocks otherwise"
     with torch.no_grad():
         if enc.commuting:
-            V, w, ok = spectral(enc, torch.float32)
-            if ok: return launch_block_rotary(x, V=V, w=w, tau=enc.block_times(pos.to(torch.float32)))
+            V, w, ok = spectral(enc, torch.float64)
+            if ok: return launch_block_rotary(x, V=V, w=w, tau=enc.block_times(pos.to(torch.float64)))
         return launch_block_rotary(x, R=block_rotations(enc, pos, torch.float32))

@@ -21,15 +21,15 @@ AXIS_NAMES = ("x", "y", "ψ")
 
 def drope_frequencies(d:int, # rotary dim, even
                       base:float=10000.0, # θ of the (x, y) blocks
-                      heading_pairs:int|None=None) -> tuple: # (inv_freq (R,), axis_map (R,) long: 0 = x, 1 = y, 2 = ψ)
+                      heading_pairs:int|None=None) -> tuple: # (inv_freq (R,) float64, axis_map (R,) long: 0 = x, 1 = y, 2 = ψ)
     "Pairs x first, then y (axial 2D RoPE on the first R - R_ψ pairs), then R_ψ heading pairs at frequency exactly 1"
     check_dim(d); check_positive(base, "base")
     R = d // 2
     n_psi = (R + 1) // 2 if heading_pairs is None else heading_pairs
     check_int(n_psi, "heading_pairs", lo=0)
     if n_psi > R: raise ValueError(f"`heading_pairs` must be <= d/2 = {R}, got {n_psi}")
-    f_xy, a_xy = axial_frequencies(2 * (R - n_psi), base) if n_psi < R else (torch.zeros(0), torch.zeros(0, dtype=torch.long))
-    return torch.cat([f_xy, torch.ones(n_psi)]), torch.cat([a_xy, torch.full((n_psi,), 2, dtype=torch.long)])
+    f_xy, a_xy = axial_frequencies(2 * (R - n_psi), base) if n_psi < R else (torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+    return torch.cat([f_xy, torch.ones(n_psi, dtype=torch.float64)]), torch.cat([a_xy, torch.full((n_psi,), 2, dtype=torch.long)])
 
 # %% ../../../nbs/learned/drope.ipynb #e321c7af
 GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))  # 2.39996... rad: consecutive agents' headings never line up

@@ -36,6 +36,7 @@ class EVA02AT(RotaryEncoding):
         "`t ⊗ θᵗ + s ⊗ θˢ` for (3, T) or (3, B, T) positions, rows (t, y, x)"
         check_axes(positions, 3, self.axis_names)
         t_map = torch.zeros_like(self.spatial_axis_map)
-        return angles(positions, self.temporal_inv_freq, dtype, t_map) + angles(positions, self.spatial_inv_freq, dtype, self.spatial_axis_map)
+        a = angles(positions, self.temporal_inv_freq, torch.float64, t_map) + angles(positions, self.spatial_inv_freq, torch.float64, self.spatial_axis_map)
+        return a.to(dtype)  # summed in float64, rounded once
     @property
     def rotary_dim(self) -> int: return 2 * len(self.temporal_inv_freq)

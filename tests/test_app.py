@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import panel as pn
+import numpy as np
 import pytest
 
 from posexplorer.tools import app as A
@@ -27,8 +28,8 @@ LLAMA = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, 
 
 def test_app_builds():
     a = A.app()
-    assert isinstance(a, pn.Row)
-    tabs = a[1]
+    assert isinstance(a, pn.Column) and isinstance(a[0], pn.pane.Alert) and not a[0].visible  # a URL's refusals, none here
+    tabs = a[1][1]
     assert [t for t in tabs._names] == list(A.TABS) + ["HF config"]
 
 
@@ -109,6 +110,16 @@ def _wait_change(page, old: str, *words, timeout=20.0) -> str:
     raise AssertionError("the figure did not change")
 
 
+def _settled(page, timeout=20.0) -> str:
+    "The visible figure once it has stopped changing (the same for a second)"
+    t0, last = time.time(), None
+    while time.time() - t0 < timeout:
+        now = _traces(page)
+        if now is not None and now == last: return now
+        last = now; page.wait_for_timeout(1000)
+    raise AssertionError("the figure did not settle")
+
+
 @pytest.mark.browser
 def test_app_in_chromium(server):
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
@@ -156,10 +167,11 @@ def test_app_in_chromium(server):
         page.wait_for_selector(".alert-danger", timeout=20_000)
         page.get_by_text("Cannot read this config").first.wait_for(timeout=10_000)  # an alert, not a traceback
 
-        page.locator(".bk-tab", has_text="wavelength").first.click()
+        page.locator(".bk-tab", has_text="allocation").first.click()  # back to a tab whose figure shows yarn's own parameter
         page.locator(".js-plotly-plot .main-svg >> visible=true").first.wait_for(timeout=30_000)
         page.wait_for_load_state("networkidle")
-        view = _wait_change(page, None)
+        view = _settled(page)
+        assert "yarn" in view
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
         shared = browser.new_page(viewport={"width": 1400, "height": 1000})  # the URL keeps the view: open it afresh
@@ -167,8 +179,112 @@ def test_app_in_chromium(server):
         shared.on("request", lambda r: requests.append(r.url))
         shared.goto(page.url, wait_until="networkidle", timeout=60_000)
         shared.locator(".js-plotly-plot .main-svg >> visible=true").first.wait_for(timeout=30_000)
-        assert _wait_change(shared, None) == view  # same encodings, widgets, own parameters and tab
+        assert _settled(shared) == view  # same encodings, widgets, own parameters and tab
+
+        bad = browser.new_page(viewport={"width": 1400, "height": 1000})  # a link with an unknown name and refused values
+        bad.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        bad.on("request", lambda r: requests.append(r.url))
+        bad.goto(server + '?names=%5B%22nonexistent%22%2C%22rope%22%5D&dim=-5&base=abc&factor=-1&context=1e99', wait_until="networkidle", timeout=60_000)
+        bad.locator(".js-plotly-plot .main-svg >> visible=true").first.wait_for(timeout=30_000)
+        bad.get_by_text("cannot show").first.wait_for(timeout=20_000)
+        notice = bad.locator(".alert-warning").evaluate_all("es => es.map(e => (e.shadowRoot || e).textContent).join(' ')")  # panel's shadow DOM
+        for word in ("nonexistent", "dim=-5", "positive and even", "base=abc", "factor=-1", "context=1e99", "must be an int"):
+            assert word in notice, (word, notice)
+        assert "Traceback" not in bad.content() and "rope" in _settled(bad)  # the page, its known encoding drawn
+        bad.screenshot(path=str(ARTIFACTS / "app-refused.png"), full_page=True)
         browser.close()
     assert not errors, "\n".join(errors)
     off = sorted({u for u in requests if not _local(u)})
     assert not off, f"requests left 127.0.0.1: {off}"
+
+
+# ---------------------------------------------------------------- issue 15: no silent wrong answers
+
+BAD_LINK = ('?names=["nonexistent","yarn"]&dim=-5&base=abc&factor=-1&context=1e99&extended=8192'
+            '&params={"yarn":{"partial_rotary_factor":3,"beta_fast":16}}')
+
+
+def test_link_refusals_are_shown_and_dropped():
+    a = A.app(BAD_LINK)
+    notice, side = a[0], a[1][0]
+    assert notice.visible and notice.alert_type == "warning"
+    for key, value, reason in [("names", "nonexistent", "unknown encoding"), ("dim", "-5", "positive and even"),
+                               ("base", "abc", "must be a number"), ("factor", "-1", "finite and > 0"),
+                               ("context", "1e99", "must be an int"), ("yarn.partial_rotary_factor", "3", "(0, 1]")]:
+        assert f"`{key}={value}`: " in notice.object and reason in notice.object, (key, notice.object)
+    w = dict(zip(["names", "focus", "params", "dim", "base", "context", "extended", "factor"], side[1:9]))
+    assert w["names"].value == ["yarn"] and w["focus"].value == "yarn"  # the unknown name dropped; the known one kept
+    assert (w["dim"].value, w["base"].value, w["factor"].value, w["context"].value) == (128, 10000.0, 4.0, 32768)  # the defaults...
+    assert w["extended"].value == 8192 and json.loads(w["params"].value) == {"yarn": {"beta_fast": 16}}  # ...and the good values
+    assert a[1][1][0].object.data  # the page draws
+
+
+def test_only_unknown_names_keep_the_defaults():
+    a = A.app('?names=["nonexistent"]')
+    assert a[0].visible and "nonexistent" in a[0].object and a[1][0][1].value == ["rope", "yarn"]
+    assert not A.app('?names=["rope"]&dim=64&tab=4')[0].visible  # a good link: no warning
+
+
+def test_vet_query_uses_the_library_checks():
+    w = A._widgets()
+    vals, refused = A.vet_query({"dim": "63", "context": "4096.5", "tab": "-1", "focus": "yarn"}, w, 8)
+    why = {k: r for k, _, r in refused}
+    assert vals == {"focus": "yarn"} and "positive and even" in why["dim"] and "must be an int" in why["context"] and ">= 0" in why["tab"]
+
+
+def _ratios(view) -> dict:
+    "label -> factor s_i per pair, from the right panel of the config box's figure"
+    return {t.name: np.asarray(t.y) for t in view[2].object.data if t.xaxis == "x2"}
+
+
+YARN = {"model_type": "qwen2", "hidden_size": 3584, "num_attention_heads": 28, "max_position_embeddings": 131072,
+        "rope_theta": 1000000.0, "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}
+
+
+def test_config_factor_is_over_plain_rope():
+    yarn = _ratios(A.config_view(json.dumps(YARN)))["yarn (this config)"]
+    assert not np.allclose(yarn, 1.0) and yarn.min() == pytest.approx(1.0) and yarn.max() == pytest.approx(4.0)  # YaRN's ramp, s = 4
+    llama = _ratios(A.config_view(json.dumps(LLAMA)))["llama3 (this config)"]
+    assert llama.max() == pytest.approx(8.0) and llama.min() == pytest.approx(1.0)  # Llama 3.1: the slow pairs stretched by 8
+    plain = _ratios(A.config_view(json.dumps(YARN | {"rope_scaling": None})))
+    assert len(plain) == 2 and all(np.allclose(v, 1.0) for v in plain.values())  # plain RoPE against plain RoPE
+
+
+def test_plain_rope_reference_matches_the_config():
+    enc = A.from_hf_config(YARN)
+    ref = A.plain_rope(enc)
+    assert ref.name == "rope" and ref.base == enc.base and len(ref.inv_freq) == len(enc.inv_freq)
+
+
+@pytest.mark.parametrize("port", ["-1", "99999", "0", "abc"])
+def test_serve_refuses_bad_ports(port, monkeypatch, capsys):
+    from posexplorer.tools.cli import main
+    monkeypatch.setattr(A.pn, "serve", lambda *a, **k: pytest.fail("a server was started"))
+    with pytest.raises(SystemExit) as e: main(["serve", "--port", port])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage:") and "Traceback" not in err and "error: argument --port: `port` must" in err.strip().splitlines()[-1]  # usage, then one line
+
+
+def test_check_port():
+    assert A.check_port("5006") == 5006 and A.check_port(65535) == 65535
+    for bad, exc in [(0, ValueError), (65536, ValueError), (True, TypeError), (5006.0, TypeError)]:
+        with pytest.raises(exc, match="port"): A.check_port(bad)
+
+
+def test_live_fills_its_output_widget_without_capture(monkeypatch):
+    "`_show` sets the Output widget's outputs from the kernel: no `with out:` capture, which stalls headless nbclient"
+    import ipywidgets as W, plotly.io as pio
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")  # a Jupyter kernel's default (plotly picks none outside IPython)
+    out, fig = W.Output(), A.explore("wavelength", "rope")
+    A._show(out, fig)
+    (o,), = [out.outputs]
+    assert o["output_type"] == "display_data" and "application/vnd.plotly.v1+json" in o["data"] and out.msg_id == ""
+
+
+def test_load_small():
+    "8 page loads at once (GET + websocket + document, as a browser): all load, every session closes, the memory comes back"
+    r = A.load_test(8, lifetime=2)
+    assert r["ok"] == 8 and not r["errors"], r["errors"]
+    assert r["all_closed"], "the server did not close the sessions of the closed pages"
+    assert r["rss_after_mb"] <= r["rss_peak_mb"] + 5 and r["rss_after_mb"] < 1.2 * r["rss_before_mb"], r

@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/uv pip install -q --python $(PY) -c requirements.lock -e '.[dev]'  # uv: the same pins, seconds instead of minutes
 	touch $@
 
-setup: $(STAMP)
+KERNEL := $(VENV)/share/jupyter/kernels/posexplorer/kernel.json
+
+# The project's Jupyter kernel ("posexplorer": .venv's python), which the notebooks name in their kernelspec.
+$(KERNEL): $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name posexplorer --display-name "posexplorer (.venv)" >/dev/null
+
+setup: $(STAMP) $(KERNEL)
 
 # Upgrade the pinned tools on purpose (then run make test, and commit the lock on its own).
 lock:
@@ -48,6 +54,8 @@ check: setup
 
 # Executes every notebook (nbdev-test's skip rule; a failing cell fails it, naming notebook and cell), cached by content
 # in .jupyter_cache/ (the code cells + everything under posexplorer/): a rebuild with nothing changed runs nothing.
+# A notebook's outputs also go to site-cache/ (committed), keyed by its code cells and those inputs, never by path or
+# time: a fresh clone whose site-cache/ is up to date executes nothing; a change re-executes the notebooks it touches.
 site: setup .site-deps/node_modules/mathjax/es5/tex-chtml.js
 	$(PY) tools/build_site.py --out _docs
 
@@ -69,7 +77,11 @@ docs: setup
 	  echo "(or 'pip install quarto-cli' where GitHub is reachable). 'make site' builds the same pages offline into _docs/."; exit 1; fi
 
 lab: setup
-	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs
+	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs $(LAB_FLAGS)
+
+# As root (the Makefile's apt steps expect it) Jupyter refuses to start without --allow-root. A notebook opens on the
+# posexplorer kernel: its kernelspec names it (tools/set_kernelspec.py), and it is the default for new notebooks.
+LAB_FLAGS = --MappingKernelManager.default_kernel_name=posexplorer $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 bench: setup chromium
 	$(BIN)/posexplorer bench

@@ -6,3 +6,4 @@ __all__ = []
 # %% ../nbs/spacetime/mrope.ipynb #5e746694
 # The public home of the multimodal position ids (DESIGN.md §8): `posexplorer.encodings.spacetime.mrope`
 from .encodings.spacetime.mrope import *
+from .encodings.spacetime.mrope import __all__  # re-export the same public names, so `import *` brings them

@@ -1,11 +1,12 @@
 """A2ATS windowed RoPE (`posexplorer.encodings.inference.a2ats`): exactness at distance r and inside the window, independence of the key's
-position outside it, the seeded k-means and query-aware codebook, and bad input."""
+position outside it, the seeded k-means and query-aware codebook, the authors' defaults (w = 64, r = 2048, 8 sinks) and their
+decoding-step key selection (junhuihe-hjh/A2ATS, vqkey/models/llama_masked.py, `llama_attention_forward`, written again here), and bad input."""
 import math
 import pytest
 import torch
 from posexplorer.core import get
 from posexplorer.encodings.classics.rope import RoPE
-from posexplorer.encodings.inference.a2ats import WRoPE, kmeans, query_aware_kmeans, score_error, synthetic_queries, vq_scores
+from posexplorer.encodings.inference.a2ats import WRoPE, retrieval_mask, rotate_rows, kmeans, query_aware_kmeans, score_error, synthetic_queries, vq_scores
 from posexplorer.figures.a2ats import score_scatter
 
 def _qk(Tq, Tk, D, seed=0):
@@ -14,7 +15,7 @@ def _qk(Tq, Tk, D, seed=0):
 
 @pytest.mark.parametrize("dim,window,r", [(8, 4, 4), (32, 16, 40), (64, 64, 64), (30, 1, 0), (128, 7, 300)])
 def test_exact_at_distance_r_with_unquantized_keys(dim, window, r):
-    enc = get("wrope", dim=dim, window=window, r=r)
+    enc = get("wrope", dim=dim, window=window, r=r, sinks=0)
     q, k = _qk(5, 701, dim)
     qp, kp = torch.tensor([700, 650, 400, 333, 699]), torch.arange(701)
     ap, ex = enc.approx_scores(q, k, qp, kp), enc.exact_scores(q, k, qp, kp)
@@ -23,7 +24,7 @@ def test_exact_at_distance_r_with_unquantized_keys(dim, window, r):
     torch.testing.assert_close(ap[delta.abs() < window], ex[delta.abs() < window], atol=0, rtol=0)
 
 def test_far_scores_do_not_depend_on_key_position():
-    enc = get("wrope", dim=32, window=8, r=8)
+    enc = get("wrope", dim=32, window=8, r=8, sinks=0)
     q, k = _qk(1, 50, 32)
     a = enc.approx_scores(q, k, torch.tensor([1000]), torch.arange(50))  # all 950+ tokens back
     b = enc.approx_scores(q, k, torch.tensor([1000]), torch.randint(0, 900, (50,)))
@@ -62,7 +63,7 @@ def test_query_aware_beats_plain_on_score_error():
     assert e_aware < 0.85 * e_plain
 
 def test_vq_scores_window_exact_far_lookup():
-    enc = get("wrope", dim=16, window=8, r=8)
+    enc = get("wrope", dim=16, window=8, r=8, sinks=0)
     q, k = _qk(1, 100, 16)
     c, codes = kmeans(k, 10)
     qp, kp = torch.tensor([99]), torch.arange(100)
@@ -72,7 +73,46 @@ def test_vq_scores_window_exact_far_lookup():
 
 def test_figure():
     f = score_scatter(dim=16, T=100, window=8, r=8)
-    assert len(f.data) == 2 and f.layout.title.text.endswith("?")
+    assert len(f.data) == 3 and f.layout.title.text.endswith("?")
+    assert len(f.data[2].x) == 8 and list(f.data[2].x) == list(f.data[2].y)  # the sink trace: 8 keys, exact
+
+# ---- the authors' settings: defaults, sinks and the keys attended ------------------------------------------------------
+def test_defaults_are_the_authors():
+    "vqkey/models/llama.py and llama_masked.py, LLM.__init__: wrope_local_window=64, wrope_relative_pos=2048, attention_sink=8"
+    enc = get("wrope")
+    assert (enc.window, enc.r, enc.sinks) == (64, 2048, 8)
+
+def test_sinks_are_exact_and_absolute():
+    enc, bare = get("wrope", dim=16, window=4, r=30, sinks=5), get("wrope", dim=16, window=4, r=30, sinks=0)
+    q, k = _qk(2, 60, 16)
+    qp, kp = torch.tensor([59, 40]), torch.arange(60)
+    a, b, ex = enc.approx_scores(q, k, qp, kp), bare.approx_scores(q, k, qp, kp), enc.exact_scores(q, k, qp, kp)
+    torch.testing.assert_close(a[:, :5], ex[:, :5], atol=0, rtol=0)
+    torch.testing.assert_close(a[:, 5:], b[:, 5:], atol=0, rtol=0)
+    assert not torch.allclose(b[:, :5], ex[:, :5])  # without sinks the first keys are approximated
+    c, codes = kmeans(k, 6)
+    v = vq_scores(enc, q, k, qp, kp, c, codes)
+    torch.testing.assert_close(v[:, :5], ex[:, :5], atol=0, rtol=0)  # never replaced by a centroid
+
+def authors_decode_mask(approx_codebook, seq_len, window, sink, n_top):
+    "llama_masked.py, one decoding step (q_len = 1): -inf on the window and the sinks, top-k of the rest, then window and sinks added"
+    wrope_mask = ((seq_len - 1) - torch.arange(seq_len))[None] < window
+    sink_mask = torch.zeros(1, seq_len, dtype=torch.bool); sink_mask[:, :sink] = True
+    a = torch.where(wrope_mask, float("-inf"), approx_codebook)
+    a = torch.where(sink_mask, float("-inf"), a)
+    m = torch.zeros_like(a, dtype=torch.bool).scatter_(-1, a.topk(n_top, dim=-1).indices, True)
+    return torch.where(sink_mask, True, torch.where(wrope_mask, True, m))
+
+@pytest.mark.parametrize("T,window,sinks,n_top", [(300, 64, 8, 20), (97, 5, 0, 9), (129, 16, 3, 1)])
+def test_retrieval_matches_authors(T, window, sinks, n_top):
+    "Their approximate score of every key is <R_r q, codebook[code]>; the keys they attend equal ours"
+    enc = get("wrope", dim=32, window=window, r=2048, sinks=sinks)
+    q, k = _qk(1, T, 32, seed=T)
+    c, codes = kmeans(k, 12)
+    qp, kp = torch.tensor([T - 1]), torch.arange(T)
+    theirs = authors_decode_mask(rotate_rows(enc, q, torch.tensor([2048])) @ c[codes].T, T, window, sinks, n_top)
+    ours = retrieval_mask(enc, vq_scores(enc, q, k, qp, kp, c, codes), qp, kp, n_top)
+    assert torch.equal(ours, theirs) and int(ours.sum()) == min(T, window + sinks + n_top)
 
 # ---- precision at large positions ------------------------------------------------------------------------------
 FAR = torch.tensor([2 ** 20, 2 ** 24, 2 ** 31 - 1])  # where a float32 θ_i or a float32 angle would be off by radians
@@ -88,7 +128,8 @@ def test_far_positions_match_float64_reference():
     torch.testing.assert_close(enc.apply(q[None, :, None], None, FAR, backend="torch")[0][0, :, 0].double(), rot(q, FAR), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="head dim"): enc.exact_scores(torch.randn(3, 40), torch.randn(3, 40), FAR, FAR)
 
-@pytest.mark.parametrize("kw,exc", [(dict(window=0), ValueError), (dict(r=-1), ValueError), (dict(window=2.5), TypeError), (dict(dim=7), ValueError)])
+@pytest.mark.parametrize("kw,exc", [(dict(window=0), ValueError), (dict(r=-1), ValueError), (dict(window=2.5), TypeError), (dict(dim=7), ValueError),
+                                    (dict(sinks=-1), ValueError), (dict(sinks=1.5), TypeError)])
 def test_bad_construction(kw, exc):
     with pytest.raises(exc): get("wrope", **{"dim": 16, **kw})
 
@@ -101,3 +142,5 @@ def test_bad_input():
     with pytest.raises(ValueError, match="n_codes"): kmeans(k, 10)
     with pytest.raises(ValueError, match="n_codes"): kmeans(k, 0)
     with pytest.raises(TypeError, match="k_positions"): enc.approx_scores(q, k, torch.arange(2), list(range(5)))
+    with pytest.raises(ValueError, match="n_retrieved"): retrieval_mask(enc, torch.zeros(2, 5), torch.arange(2), torch.arange(5), -1)
+    with pytest.raises(ValueError, match="approx"): retrieval_mask(enc, torch.zeros(2, 4), torch.arange(2), torch.arange(5), 1)

@@ -97,8 +97,9 @@ def test_nope_equals_no_encoding(params):
 @pytest.mark.parametrize("name", ["nope", "sinusoidal", "learned"])
 def test_attend_triton_matches_torch(name):
     "The shared Triton attention kernel (tables added to q and k first) against the torch reference"
-    enc = get(name) if name == "nope" else get(name, dim=128)
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # Triton runs on CUDA tensors, or interpreted on CPU tensors (conftest)
+    enc = get(name) if name == "nope" else get(name, dim=128)
+    if isinstance(enc, torch.nn.Module): enc = enc.to(dev)  # "learned": its position table must sit beside q, k, v
     q, k, v = (torch.randn(2, 37, 2, 64, device=dev) for _ in range(3))
     torch.testing.assert_close(attend(q, k, v, enc, backend="triton"), attend(q, k, v, enc, backend="torch"), atol=1e-5, rtol=1e-5)
 

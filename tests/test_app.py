@@ -29,7 +29,7 @@ LLAMA = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, 
 def test_app_builds():
     a = A.app()
     assert isinstance(a, pn.Column) and isinstance(a[0], pn.pane.Alert) and not a[0].visible  # a URL's refusals, none here
-    tabs = a[1][1]
+    tabs = a[1][1][0]
     assert [t for t in tabs._names] == list(A.TABS) + ["HF config"]
 
 
@@ -163,6 +163,19 @@ def test_app_in_chromium(server):
         box = page.locator("textarea").first
         box.fill(json.dumps(LLAMA)); box.blur()
         page.wait_for_selector(".alert-success", timeout=20_000)
+        page.wait_for_function("() => location.href.includes('config=')", timeout=20_000)  # the pasted config is in the URL...
+        shown = None
+        for i, tab in enumerate(A.TABS):  # ...and in the comparison, on every tab that draws encodings
+            page.locator(".bk-tab", has_text=tab).first.click()
+            page.wait_for_function(f"() => location.href.includes('tab={i}')", timeout=20_000)
+            name = {"position ids": (), "precision": ('"llama bfloat16"',)}.get(tab, ('"llama"',))  # precision: a line per encoding and dtype
+            try: shown = _wait_change(page, shown, *name, timeout=30.0)
+            except AssertionError: raise AssertionError(f"tab {tab!r}: the figure did not change or lacks {name}: {_traces(page)[:500]}")
+            page.screenshot(path=str(ARTIFACTS / f"app-tab-{i}.png"))
+        with page.expect_download(timeout=30_000) as dl:  # the open figure's data
+            page.get_by_text("figure data (CSV)").first.click()
+        assert dl.value.suggested_filename == "posexplorer-position-ids.csv" and "trace" in Path(dl.value.path()).read_text().splitlines()[0]
+        page.locator(".bk-tab", has_text="HF config").first.click()
         box.fill("{not json"); box.blur()
         page.wait_for_selector(".alert-danger", timeout=20_000)
         page.get_by_text("Cannot read this config").first.wait_for(timeout=10_000)  # an alert, not a traceback
@@ -192,6 +205,11 @@ def test_app_in_chromium(server):
             assert word in notice, (word, notice)
         assert "Traceback" not in bad.content() and "rope" in _settled(bad)  # the page, its known encoding drawn
         bad.screenshot(path=str(ARTIFACTS / "app-refused.png"), full_page=True)
+        narrow = browser.new_page(viewport={"width": 400, "height": 900})  # a phone's width: the page loads and draws
+        narrow.on("console", lambda m: errors.append(f"console.{m.type} (400 px): {m.text}") if m.type == "error" else None)
+        narrow.goto(page.url, wait_until="networkidle", timeout=60_000)
+        narrow.locator(".js-plotly-plot .main-svg >> visible=true").first.wait_for(timeout=30_000)
+        narrow.screenshot(path=str(ARTIFACTS / "app-400px.png"), full_page=True)
         browser.close()
     assert not errors, "\n".join(errors)
     off = sorted({u for u in requests if not _local(u)})
@@ -212,11 +230,11 @@ def test_link_refusals_are_shown_and_dropped():
                                ("base", "abc", "must be a number"), ("factor", "-1", "finite and > 0"),
                                ("context", "1e99", "must be an int"), ("yarn.partial_rotary_factor", "3", "(0, 1]")]:
         assert f"`{key}={value}`: " in notice.object and reason in notice.object, (key, notice.object)
-    w = dict(zip(["names", "focus", "params", "dim", "base", "context", "extended", "factor"], side[1:9]))
-    assert w["names"].value == ["yarn"] and w["focus"].value == "yarn"  # the unknown name dropped; the known one kept
+    w = dict(zip(WIDGETS, side[1:10]))
+    assert w["names"].value == ["yarn"]  # the unknown name dropped; the known one kept
     assert (w["dim"].value, w["base"].value, w["factor"].value, w["context"].value) == (128, 10000.0, 4.0, 32768)  # the defaults...
     assert w["extended"].value == 8192 and json.loads(w["params"].value) == {"yarn": {"beta_fast": 16}}  # ...and the good values
-    assert a[1][1][0].object.data  # the page draws
+    assert a[1][1][0][0].object.data  # the page draws
 
 
 def test_only_unknown_names_keep_the_defaults():
@@ -227,9 +245,11 @@ def test_only_unknown_names_keep_the_defaults():
 
 def test_vet_query_uses_the_library_checks():
     w = A._widgets()
-    vals, refused = A.vet_query({"dim": "63", "context": "4096.5", "tab": "-1", "focus": "yarn"}, w, 8)
+    vals, refused = A.vet_query({"dim": "63", "context": "4096.5", "tab": "-1", "dtype": "float16", "config": "{bad"}, w, 8)
     why = {k: r for k, _, r in refused}
-    assert vals == {"focus": "yarn"} and "positive and even" in why["dim"] and "must be an int" in why["context"] and ">= 0" in why["tab"]
+    assert vals == {"dtype": "float16"} and "positive and even" in why["dim"] and "must be an int" in why["context"] and ">= 0" in why["tab"]
+    assert "cannot read this config" in why["config"]
+    assert "must be one of" in dict((k, r) for k, _, r in A.vet_query({"dtype": "int8"}, w, 8)[1])["dtype"]
 
 
 def _ratios(view) -> dict:
@@ -248,6 +268,60 @@ def test_config_factor_is_over_plain_rope():
     assert llama.max() == pytest.approx(8.0) and llama.min() == pytest.approx(1.0)  # Llama 3.1: the slow pairs stretched by 8
     plain = _ratios(A.config_view(json.dumps(YARN | {"rope_scaling": None})))
     assert len(plain) == 2 and all(np.allclose(v, 1.0) for v in plain.values())  # plain RoPE against plain RoPE
+
+
+WIDGETS = ["names", "params", "config", "dim", "base", "context", "extended", "factor", "dtype"]  # the sidebar's widgets, in order
+
+
+def test_pasted_config_joins_the_comparison():
+    a = A.app()
+    side, (tabs, downloads) = a[1]
+    w, box = dict(zip(WIDGETS, side[1:10])), tabs[-1][0]
+    box.value = json.dumps(YARN)  # pasted in the HF config tab
+    assert json.loads(w["config"].value) == YARN
+    tabs.active = 0
+    names = {t.name for t in tabs[0].object.data}
+    assert {"rope", "yarn", "qwen2"} <= names  # named after its model_type, beside the built-in encodings
+    ours = {t.name: np.asarray(t.y) for t in tabs[0].object.data if t.xaxis == "x2"}
+    assert ours["qwen2"].max() > 1.0  # its stretch over the first encoding (plain RoPE at the shared θ and d)
+    view = A.config_view(box.value)
+    assert "32768" in view[0].object and any("L = 32768" in (an.text or "") for an in view[2].object.layout.annotations)  # the training length
+    box.value = "{not json"
+    assert w["config"].value == "" and "qwen2" not in {t.name for t in tabs[0].object.data}  # an unreadable config leaves the comparison
+    box.value = json.dumps(LLAMA | {"model_type": "rope"})  # a model_type that is also a chosen name
+    assert "rope (config)" in {t.name for t in tabs[0].object.data}
+
+
+def test_link_with_config_tidy_numbers_and_dtype():
+    link = '?names=["rope"]&factor=7.499999999999999&base=10000.0&dtype=float32&tab=5&config=' + json.dumps(YARN)
+    a = A.app(link)
+    assert not a[0].visible, a[0].object
+    side, (tabs, _) = a[1]
+    w = dict(zip(WIDGETS, side[1:10]))
+    state = A._url_state(w, tabs)
+    assert state["factor"] == "7.5" and state["base"] == "10000" and state["dtype"] == "float32" and json.loads(state["config"]) == YARN
+    assert "config" not in A._url_state(dict(zip(WIDGETS, A.app()[1][0][1:10])), tabs)  # no empty key
+    assert A.tidy(0.1 + 0.2) == "0.3" and A.tidy(131072) == "131072" and A.tidy(["rope"]) == '["rope"]'
+    names = {t.name.split(" ")[0] for t in tabs[5].object.data if t.name}
+    assert {"rope", "qwen2"} <= names and "float32" in str(tabs[5].object.to_plotly_json())  # precision: every encoding, in the chosen dtype
+
+
+@pytest.mark.parametrize("tab", list(A.TABS))
+def test_downloads_hold_the_figure_data(tab):
+    s = dict(dim=32, base=10000.0, factor=2.0, context=256, extended=1024, dtype="bfloat16")
+    fig = A.figure(tab, {n: A.build(n, s) for n in ("rope", "yarn")}, s)
+    rows = json.loads(A.figure_json(fig))["rows"]
+    lines = A.figure_csv(fig).splitlines()
+    assert rows and len(lines) == len(rows) + 1  # a header, then one line per point
+    assert {t.name for t in fig.data if t.name} & {r.get("trace") for r in rows}  # the trace names are in the data
+
+
+def test_multi_encoding_tabs():
+    s = dict(dim=32, base=10000.0, factor=2.0, context=256, extended=1024, dtype="bfloat16")
+    encs = {n: A.build(n, s) for n in ("rope", "yarn", "llama3")}
+    for tab in ("angles", "attention map", "precision"):
+        text = str(A.figure(tab, encs, s).to_plotly_json())
+        assert all(n in text for n in encs), tab  # every chosen encoding drawn, not one
 
 
 def test_plain_rope_reference_matches_the_config():

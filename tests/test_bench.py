@@ -6,6 +6,8 @@ import importlib.util, json, math, shutil
 import pytest
 import torch
 from posexplorer.tools import bench
+from posexplorer.core import rotate, angles, inv_freq
+from posexplorer.kernels import apply_rotary
 from posexplorer.tools.cli import main
 
 TINY = bench.Shape("tiny", 1, 16, 2, 1, 16)
@@ -76,3 +78,77 @@ def test_cli_bench_quick(tmp_path, capsys):
 def test_cli_needs_a_subcommand(capsys):
     with pytest.raises(SystemExit) as e: main([])
     assert e.value.code == 2 and "bench" in capsys.readouterr().err
+
+class _InPlaceRope(torch.autograd.Function):
+    "Correct rotary, but like Liger its backward writes dq, dk into the grad buffers it is handed"
+    @staticmethod
+    def forward(ctx, q, k, a):
+        ctx.save_for_backward(a)
+        return rotate(q, a), rotate(k, a)
+    @staticmethod
+    def backward(ctx, gq, gk):
+        a, = ctx.saved_tensors
+        return gq.copy_(rotate(gq, -a)), gk.copy_(rotate(gk, -a)), None
+
+def _in_place(c): return lambda q, k: _InPlaceRope.apply(q, k, angles(c.positions, c.inv_freq))
+
+@pytest.mark.skipif(not HAS_HF, reason="needs transformers")
+def test_grad_mutating_contender_spoils_no_other(monkeypatch):
+    "A contender that rotates its incoming grads in place (Liger) must not make the next one (HF) look wrong (issue 16)"
+    c = bench.Case(TINY, torch.float32, "cpu"); q, k = c.inputs(); gq = torch.randn_like(q); g0 = gq.clone()
+    q.requires_grad_(True); torch.autograd.grad(_in_place(c)(q, k)[0], q, gq)
+    assert not torch.equal(gq, g0)  # the stand-in really does spoil a shared grad
+    monkeypatch.setitem(bench.CONTENDERS, "in_place", ("in place", _in_place))
+    res = bench.run(quick=True, shapes=[TINY, PARTIAL], dtypes=[torch.float32], contenders=["in_place", "hf"], progress=False, device="cpu")
+    assert not res.skipped, res.skipped  # before the fix: "wrong dq" for hf
+    _sane(res, ["in_place", "hf"])
+
+@pytest.mark.skipif(not HAS_HF, reason="needs transformers")
+def test_hf_autograd_grads_match_ours():
+    "Our kernel's dq, dk equal transformers' autograd through `apply_rotary_pos_emb` with `LlamaRotaryEmbedding`'s cos/sin (fp32, CPU)"
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+    B, T, Hq, Hk, D = 2, 13, 3, 1, 16
+    cfg = LlamaConfig(hidden_size=Hq * D, num_attention_heads=Hq, num_key_value_heads=Hk, head_dim=D, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(B, T, Hq, D, generator=g), torch.randn(B, T, Hk, D, generator=g)
+    gq, gk = torch.randn_like(q), torch.randn_like(k)
+    pos = torch.arange(T)
+    cos, sin = LlamaRotaryEmbedding(cfg)(q, pos[None])  # (1, T, D)
+    backends = ["torch"] + (["triton"] if bench.kernels.INTERPRET or torch.cuda.is_available() else [])
+    hq, hk = q.clone().requires_grad_(), k.clone().requires_grad_()
+    hf = torch.autograd.grad(apply_rotary_pos_emb(hq, hk, cos, sin, unsqueeze_dim=2), (hq, hk), (gq, gk))
+    for be in backends:
+        oq, ok = q.clone().requires_grad_(), k.clone().requires_grad_()
+        ours = torch.autograd.grad(apply_rotary(oq, ok, angles(pos, inv_freq(D, 10000.0)), backend=be), (oq, ok), (gq.clone(), gk.clone()))
+        for a, b in zip(ours, hf): torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+
+@pytest.mark.skipif(not HAS_HF, reason="needs transformers")
+def test_kernel_and_layer_modes_side_by_side():
+    "Kernel mode (cos/sin built once) and layer mode in one run; ratios to ours per prep mode; graphs n/a on a CPU"
+    res = bench.run(quick=True, shapes=[PARTIAL], dtypes=[torch.float32], contenders=["torch", "hf", "torch_k", "hf_k"], progress=False, device="cpu")
+    _sane(res, ["torch", "hf", "torch_k", "hf_k"])
+    assert {r["prep"] for r in res if r["contender"].endswith("_k")} == {"kernel"} and {r["prep"] for r in res if r["contender"] in ("torch", "hf")} == {"layer"}
+    assert all(r["ours_x"] == 1.0 for r in res if r["contender"] in ("torch", "torch_k"))
+    ours = {(r["prep"], r["mode"]): r["ms"] for r in res if r["contender"] in ("torch", "torch_k")}
+    assert all(r["ours_x"] == pytest.approx(r["ms"] / ours[r["prep"], r["mode"]]) for r in res)
+    fwd = [r for r in res if r["mode"] == "fwd"]
+    assert all(math.isnan(r["graph_ms"]) and r["graph_error"] == "n/a on CPU" for r in fwd)
+    assert "n/a" in bench.table(res) and "ours faster" in bench.table(res)
+
+def test_kernel_mode_builds_tables_once(monkeypatch):
+    "The kernel-mode call computes no angles: `angles` is called while building, never while timing"
+    c = bench.Case(TINY, torch.float32, "cpu"); fn = bench._torch_k(c); q, k = c.inputs()
+    monkeypatch.setattr(bench, "angles", lambda *a: pytest.fail("angles computed inside the timed call"))
+    fn(q, k)
+
+def test_bad_mode():
+    with pytest.raises(ValueError, match="`mode`"): bench.run(quick=True, mode="fast")
+
+@pytest.mark.skipif(not HAS_HF, reason="needs transformers")
+def test_cli_mode_kernel(tmp_path, capsys):
+    js = tmp_path / "b.json"
+    assert main(["bench", "--quick", "--mode", "kernel", "--contenders", "torch_k,hf_k", "--dtypes", "fp32", "--no-progress", "--json", str(js)]) == 0
+    rows = json.loads(js.read_text())["rows"]
+    assert {r["prep"] for r in rows} == {"kernel"} and all(r["ours_x"] > 0 for r in rows)
+    assert all(r["graph_ms"] is None for r in rows if r["mode"] == "fwd")  # NaN -> null: no graphs on a CPU

@@ -8,6 +8,8 @@ from posexplorer.core import get
 from posexplorer.encodings.learned.carope import CARoPE, carope_rotate, carope_phases, phase_errors, selective_copy_batch, softplus_inverse
 from posexplorer.tools.bench_carope import bench_carope
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton tests run on the GPU there; interpreted on the CPU here
+
 def _enc(D=16, H=2, seed=0, std=0.5):
     "A CARoPE with a random W (the trained case)"
     torch.manual_seed(seed)
@@ -90,8 +92,8 @@ def test_gradients_reach_w():
 def test_triton_matches_torch(layout, T, block_t, dtype):
     "The fused scan (carry across T-blocks) and rotation against the reference; odd head counts, inputs untouched"
     torch.manual_seed(T)
-    q, k = torch.randn(2, T, 3, 10).to(dtype), torch.randn(2, T, 3, 10).to(dtype)
-    f = torch.rand(2, T, 3) * 0.95 + 0.02
+    q, k = torch.randn(2, T, 3, 10, device=DEV).to(dtype), torch.randn(2, T, 3, 10, device=DEV).to(dtype)
+    f = torch.rand(2, T, 3, device=DEV) * 0.95 + 0.02
     q0, k0 = q.clone(), k.clone()
     ref = carope_rotate(q, k, f, layout, backend="torch")
     out = carope_rotate(q, k, f, layout, backend="triton", block_t=block_t)
@@ -101,20 +103,20 @@ def test_triton_matches_torch(layout, T, block_t, dtype):
 def test_triton_keys_absent_strided_and_wide():
     "k=None; a non-contiguous q (a slice of a fused qkv); R > 64 pairs (two pair blocks)"
     torch.manual_seed(3)
-    qkv = torch.randn(1, 9, 3, 2, 8)
+    qkv = torch.randn(1, 9, 3, 2, 8, device=DEV)
     q = qkv[:, :, 0]  # (1, 9, 2, 8) strided
-    f = torch.rand(1, 9, 2) * 0.9 + 0.05
+    f = torch.rand(1, 9, 2, device=DEV) * 0.9 + 0.05
     out, none = carope_rotate(q, None, f, backend="triton", block_t=4)
     assert none is None
     torch.testing.assert_close(out, carope_rotate(q, None, f, backend="torch")[0], **TOL[torch.float32])
-    q, k = torch.randn(1, 6, 1, 132), torch.randn(1, 6, 1, 132)
-    f = torch.rand(1, 6, 1) * 0.5 + 0.5
+    q, k = torch.randn(1, 6, 1, 132, device=DEV), torch.randn(1, 6, 1, 132, device=DEV)
+    f = torch.rand(1, 6, 1, device=DEV) * 0.5 + 0.5
     for o, r in zip(carope_rotate(q, k, f, backend="triton", block_t=4), carope_rotate(q, k, f, backend="torch")):
         torch.testing.assert_close(o, r, **TOL[torch.float32])
 
 def test_encoding_triton_backend():
-    enc = _enc(D=8)
-    q, k, x = torch.randn(2, 21, 2, 8), torch.randn(2, 21, 2, 8), torch.randn(2, 21, enc.context_dim)
+    enc = _enc(D=8).to(DEV)
+    q, k, x = torch.randn(2, 21, 2, 8, device=DEV), torch.randn(2, 21, 2, 8, device=DEV), torch.randn(2, 21, enc.context_dim, device=DEV)
     with torch.no_grad():
         for o, r in zip(enc.transform(q, k, x=x, backend="triton"), enc.transform(q, k, x=x, backend="torch")):
             torch.testing.assert_close(o, r, **TOL[torch.float32])

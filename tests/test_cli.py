@@ -29,7 +29,7 @@ BAD = [  # (argv, exit status, words the message must contain)
     # bench: lists and flags
     (["bench", "--contenders", "torch,tritonn"], 2, "argument --contenders: unknown `contenders` ['tritonn']"),
     (["bench", "--contenders", " , "], 2, "argument --contenders: expected a comma-separated list"),
-    (["bench", "--attention", "--contenders", "hf"], 2, "argument --contenders: unknown `contenders` ['hf']; known: ['triton', 'sdpa'"),
+    (["bench", "--attention", "--contenders", "hf"], 2, "argument --contenders: unknown `contenders` ['hf']; known: ['triton', 'unfused'"),
     (["bench", "--dtypes", "fp8"], 2, "argument --dtypes: unknown 'fp8'; choose from fp32,fp16,bf16"),
     (["bench", "--dtypes", ""], 2, "argument --dtypes: expected a comma-separated list"),
     (["bench", "--quick", "--full"], 2, "argument --full: not allowed with argument --quick"),

@@ -252,3 +252,22 @@ BAD = [
 def test_bad_input(i):
     f, exc, words = BAD[i]
     with pytest.raises(exc, match=words.replace("(", r"\(")): f()
+
+def test_bench_comrope_routes_run_on_cpu():
+    "Every route of `bench_comrope` (the authors' dense one included) runs on one device and agrees; issue 16 saw it mix CPU and CUDA"
+    from posexplorer.tools import bench_comrope as bc
+    if not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"): pytest.skip("Triton routes need CUDA or TRITON_INTERPRET=1")
+    rows = bc.bench_comrope(shapes=((1, 5, 2, 8),), block_size=4, names=("comrope_ld", "liere"), dtype=torch.float32, budget=0.002, device="cpu")
+    routes = {(r["name"], r["route"]) for r in rows}
+    assert ("comrope_ld", "authors dense") in routes and ("liere", "authors dense") in routes and ("comrope_ld", "triton spectral") in routes
+    assert all(r["ms"] > 0 and r["max_err"] < 1e-4 for r in rows), rows
+
+def test_authors_dense_keeps_the_device(monkeypatch):
+    "The dense D×D route builds its matrix where the rotations live (a meta-device run would fail on a CPU-made buffer)"
+    from posexplorer.tools import bench_comrope as bc
+    enc, x = get("comrope_ld", dim=8, block_size=4), torch.randn(1, 3, 2, 8)
+    made = []
+    real = torch.zeros
+    monkeypatch.setattr(bc.torch, "zeros", lambda *a, **kw: made.append(kw.get("device")) or real(*a, **kw))
+    bc._authors_dense(enc, x, enc.default_positions(3)[:, None].float())
+    assert made and all(d is not None for d in made)

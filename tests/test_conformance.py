@@ -137,12 +137,13 @@ def test_additive_shape_and_translation(name, dim, T, shift):
         torch.testing.assert_close(e1 @ e1.T, e @ e.T, atol=1e-3, rtol=1e-3)
 
 # ---- general (per-token linear maps: ComRoPE, LieRE, CARoPE, UCPE) -----------------------------------------
-def _general(name, r, T, B=1, H=2, dtype=torch.float32):
-    "An encoding of head dim `r` times its block size, with q, k, v and (where it reads them) hidden states x"
+def _general(name, r, T, B=1, H=2, dtype=torch.float32, dev="cpu"):
+    "An encoding of head dim `r` times its block size, with q, k, v and (where it reads them) hidden states x, all on `dev`"
     enc = get(name, dim=r * get(name).dim_multiple)
+    if isinstance(enc, torch.nn.Module): enc = enc.to(dev)  # learned weights live where the activations do
     D = r * enc.dim_multiple
-    q, k, v = (torch.randn(B, T, H, D, dtype=dtype) for _ in range(3))
-    x = None if enc.context_dim is None else torch.randn(B, T, enc.context_dim, dtype=dtype)
+    q, k, v = (torch.randn(B, T, H, D, dtype=dtype, device=dev) for _ in range(3))
+    x = None if enc.context_dim is None else torch.randn(B, T, enc.context_dim, dtype=dtype, device=dev)
     return enc, q, k, v, x
 
 @pytest.mark.parametrize("name", GENERAL)
@@ -177,8 +178,8 @@ def test_general_relative_where_claimed(name, r, T, shift):
 @given(r=st.integers(1, 3), T=st.integers(1, 40))
 def test_general_torch_triton_parity(name, r, T):
     "Every general encoding's kernel gives its torch reference's q and k (Triton's interpreter on a CPU)"
-    enc, q, k, v, x = _general(name, r, T, B=2)
-    p = enc.default_positions(T)
+    enc, q, k, v, x = _general(name, r, T, B=2, dev=DEV)
+    p = enc.default_positions(T, device=DEV)
     with torch.no_grad():
         ref = enc.transform(q, k, p, x=x, backend="torch")
         out = enc.transform(q, k, p, x=x, backend="triton")
@@ -187,7 +188,7 @@ def test_general_torch_triton_parity(name, r, T):
 @pytest.mark.parametrize("name", GENERAL)
 def test_general_attention_and_gradients(name):
     "attend runs any general encoding (v and the output moved where the encoding says), and learned weights get gradients"
-    enc, q, k, v, x = _general(name, 2, 9)
+    enc, q, k, v, x = _general(name, 2, 9, dev=DEV)  # the Triton attention below runs on DEV
     ref = attend(q, k, v, enc, backend="torch", x=x)
     assert ref.shape == q.shape and torch.isfinite(ref).all()
     if x is None:  # the Triton attention on the transformed q, k, v (interpreted on a CPU)

@@ -5,8 +5,12 @@ is never run. The pages are served from 127.0.0.1 by `http.server` in a thread. 
 draw every plotly figure, typeset its math with the local MathJax, log no console error and raise no page error,
 and make no request that leaves 127.0.0.1. Pages mirror nbs/ (`context/yarn.html`); pick some with
 `-k`, e.g. `pytest tests/test_docs_browser.py -k "yarn or index"`. The RoPE page is saved to test-artifacts/rope.png.
+Every page opens at 1400 px and at 400 px (phone): no table under the fixed "On this page" box, no code line clipped
+(long lines wrap), the notebook list collapsed at 400 px so the content comes first; a screenshot of each page at each
+width goes to test-artifacts/docs/. plotly.js is one shared file, fetched once: a second page takes it from the cache.
+POSX_DOCS=/tmp/docs_try tests another build (e.g. `tools/build_site.py --out /tmp/docs_try index classics/bias`).
 """
-import functools, http.server, re, shutil, sys, threading
+import functools, http.server, os, re, shutil, sys, threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from chromium import CHROMIUM, launch  # the one way this project opens Chromium
-DOCS = ROOT / "_docs"
+DOCS = Path(os.environ.get("POSX_DOCS", ROOT / "_docs"))
 ARTIFACTS = ROOT / "test-artifacts"
 NO_SITE = "no built docs in _docs/: run make site first"
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.html")
@@ -24,8 +28,13 @@ PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.html")
 pytestmark = pytest.mark.browser
 
 
+SERVED = []  # (path, status) of every response the test server sent
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args): pass
+    def send_response(self, code, message=None):
+        SERVED.append((self.path, code)); super().send_response(code, message)
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +61,27 @@ def browser():
     b.close(); pw.stop()
 
 
-@pytest.fixture(scope="module")
-def context(browser):
-    "One browsing context for the module, as a reader's browser: plotly.js and MathJax are fetched and compiled once"
-    c = browser.new_context(viewport={"width": 1280, "height": 900})
+@pytest.fixture(scope="module", params=[1400, 400], ids=["1400px", "400px"])
+def context(browser, request):
+    "One browsing context per width, as a reader's browser: plotly.js and MathJax are fetched and compiled once"
+    c = browser.new_context(viewport={"width": request.param, "height": 900})
+    c.width = request.param
     yield c
     c.close()
+
+
+# The layout, measured in the page: tables clear of the fixed TOC box, no code clipped, the sidebar's height
+LAYOUT_JS = """() => {
+  const toc = document.querySelector('.page-toc'), r = toc && toc.getBoundingClientRect();
+  const tocLeft = r && r.width > 0 && getComputedStyle(toc).display !== 'none' ? r.left : Infinity;
+  const under = [...document.querySelectorAll('.content table')].filter(t => t.getBoundingClientRect().right > tocLeft + 1)
+    .map(t => t.innerText.slice(0, 40));
+  const clipped = [...document.querySelectorAll('.content pre')].filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => p.innerText.split('\\n')[0].slice(0, 60));
+  const nav = document.querySelector('.side-nav');
+  return {under, clipped, navOpen: nav ? nav.open : null,
+          sidebarHeight: document.querySelector('.sidebar').getBoundingClientRect().height};
+}"""
 
 
 def _expects_math(html: str) -> bool:
@@ -103,12 +127,40 @@ def test_page(page_name, base_url, context):
             assert not bad, f"{page_name}: TeX errors: {bad[:5]}"
 
         page.wait_for_load_state("networkidle", timeout=30_000)
-        if page_name == "classics/rope.html":
-            ARTIFACTS.mkdir(exist_ok=True)
+        lay = page.evaluate(LAYOUT_JS)
+        shots = ARTIFACTS / "docs"; shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / f"{page_name[:-5].replace('/', '_')}_{context.width}px.png"))
+        if page_name == "classics/rope.html" and context.width == 1400:
             page.screenshot(path=str(ARTIFACTS / "rope.png"), full_page=True)
     finally:
         page.close()
 
     assert not errors, f"{page_name}: " + "\n".join(errors)
+    assert not lay["under"], f"{page_name} at {context.width}px: tables under the 'On this page' box: {lay['under']}"
+    assert not lay["clipped"], f"{page_name} at {context.width}px: code clipped on the right: {lay['clipped']}"
+    if context.width <= 900:
+        assert lay["navOpen"] is False and lay["sidebarHeight"] < 120, \
+            f"{page_name} at {context.width}px: the notebook list is not collapsed ({lay})"
+    else:
+        assert lay["navOpen"] is True, f"{page_name} at {context.width}px: the notebook list is collapsed"
+    for o in ["__main__.", "output_stderr"]:
+        assert o not in html, f"{page_name}: {o!r} on the page (a notebook-local type name or stderr noise)"
     off = sorted({u for u in requests if not _local(u)})
     assert not off, f"{page_name}: requests left 127.0.0.1: {off}"
+
+
+def test_plotly_loaded_once(browser, base_url):
+    "plotly.js (4.8 MB) is one shared file: a fresh reader opening two plotly pages downloads it once"
+    plots = [p for p in PAGES if p != NO_SITE and "plotly.min.js" in (DOCS / p).read_text(encoding="utf-8")][:2]
+    if len(plots) < 2: pytest.skip("fewer than two pages with plotly figures in this build")
+    c = browser.new_context()
+    try:
+        start = len(SERVED)
+        for p in plots:
+            page = c.new_page(); page.goto(base_url + p, wait_until="load", timeout=30_000); page.close()
+        got = [code for path, code in SERVED[start:] if path.endswith("plotly.min.js")]
+        assert got.count(200) == 1, f"plotly.min.js sent {got.count(200)} times for {plots} (statuses {got})"
+        tag = re.compile(r'<script defer(="")? src="[./]*plotly\.min\.js">')  # deferred: the text shows first
+        assert all(tag.search((DOCS / p).read_text(encoding="utf-8")) for p in plots)
+    finally:
+        c.close()

@@ -133,3 +133,31 @@ def test_bad_position_ids_input():
     with pytest.raises(ValueError, match="`temporal_stride`"): enc.position_ids([("text", 2)], temporal_stride=0)
     with pytest.raises(TypeError, match="`temporal_stride`"): enc.position_ids([("text", 2)], temporal_stride="x")
     with pytest.raises(ValueError, match="segments"): enc.position_ids([("audio", 2)])
+
+# ---- a δ per video, as the authors' training draws it (issue 17) ---------------------------------------------------
+def test_per_video_strides_by_hand_from_authors_rule():
+    """hrlics/HoPE, modeling_hope.py, `get_dynamic_rope_index`: inside the loop over vision blocks, δ = random.choice(scale_factors)
+    per block; t = s + δ·f, h = t + r − (H−1)//2, w = t + c − (W−1)//2 with s = (largest t so far) + 1; text after a block starts
+    at its max t + 1. Written out by hand for text 2, video (3, 2, 2) at δ = 0.75, text 1, video (2, 1, 3) at δ = 1.5, text 2."""
+    segs = [("text", 2), ("video", (3, 2, 2)), ("text", 1), ("video", (2, 1, 3)), ("text", 2)]
+    v1 = [(t, t + r, t + c) for t in (2, 2.75, 3.5) for r in (0, 1) for c in (0, 1)]  # s = 2; (H-1)//2 = (W-1)//2 = 0
+    v2 = [(t, t, t + c - 1) for t in (5.5, 7.0) for c in (0, 1, 2)]  # s = 4.5 + 1; (W-1)//2 = 1
+    cols = [(0, 0, 0), (1, 1, 1)] + v1 + [(4.5,) * 3] + v2 + [(8.0,) * 3, (9.0,) * 3]
+    pos, nxt = HoPE(dim=16).position_ids(segs, [0.75, 1.5])
+    assert pos.tolist() == torch.tensor(cols, dtype=torch.float64).T.tolist() and nxt == 10.0
+
+def test_two_videos_nearest_single_stride_off_by_half():
+    "The issue's case: two 3-frame videos at (0.75, 1.5); the nearest single δ of the training set (1.0) is off by 0.5 positions"
+    segs = [("text", 2), ("video", (3, 1, 1)), ("text", 1), ("video", (3, 1, 1))]
+    mixed = HoPE(dim=16).position_ids(segs, (0.75, 1.5))[0]
+    gaps = {d: (HoPE(dim=16).position_ids(segs, d)[0] - mixed).abs().max().item() for d in HOPE_STRIDES}
+    assert gaps == {0.5: 2.5, 0.75: 1.5, 1.0: 0.5, 1.25: 1.0, 1.5: 1.5}
+
+def test_sample_temporal_strides_one_per_video():
+    enc, segs = HoPE(dim=16), [("video", (2, 1, 1)), ("image", (1, 2, 2)), ("text", 3), ("video", (3, 1, 1))]
+    g = torch.Generator().manual_seed(0)
+    draws = [tuple(enc.sample_temporal_strides(segs, g)) for _ in range(100)]
+    assert {len(d) for d in draws} == {2} and len(set(draws)) > 10 and all(s in HOPE_STRIDES for d in draws for s in d)
+    assert enc.position_ids(segs, list(draws[0]))[0].shape == (3, 2 + 4 + 3 + 3)
+    with pytest.raises(ValueError, match="`temporal_stride`"): enc.position_ids(segs, [1.0, -1.0])
+    with pytest.raises(ValueError, match="2 video segments"): enc.position_ids(segs, [1.0])

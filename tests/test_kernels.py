@@ -3,10 +3,12 @@ import pytest
 import torch
 from conftest import TOL
 from posexplorer.core import angles, inv_freq, rotate
+from posexplorer.ops import rotary
 from posexplorer.ops.rotary import apply_rotary, apply_rotary_positions
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE_GUARD = True  # conftest: on a CPU, a tensor built off DEV and mixed with DEV tensors fails the test
 
 def _qk(B=2, T=217, Hq=3, Hk=1, D=24, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -143,3 +145,66 @@ def test_learned_angles_get_gradients_on_the_torch_path():
     fn = lambda ff: apply_rotary(q.double(), None, angles(torch.arange(7, device=DEV), ff, torch.float64), backend="torch")[0].pow(3).sum()
     assert torch.autograd.gradcheck(fn, (f64,))
     with pytest.raises(ValueError, match="backend='torch'"): apply_rotary(q, k, a, backend="triton")
+
+@pytest.mark.parametrize("tile", rotary._TILES, ids=lambda t: "x".join(map(str, t)))
+def test_every_autotune_tile(tile, monkeypatch):
+    "Each tile autotune may pick on a GPU gives the reference's result (run here one at a time, in the interpreter)"
+    import triton
+    BT, BH, w, st = tile
+    monkeypatch.setattr(rotary._rotary_kernel, "configs", [triton.Config(dict(BLOCK_T=BT, BLOCK_H=BH), num_warps=w, num_stages=st)])
+    q, k = _qk(B=2, T=37, Hq=5, Hk=3, D=24)  # odd T and heads: partial token and head blocks; partial rotary
+    a = angles(torch.arange(37, device=DEV), inv_freq(16).to(DEV))
+    for layout in ("half", "interleaved"):
+        qo, ko = apply_rotary(q, k, a, layout=layout, backend="triton")
+        _close(qo, rotate(q, a, layout)); _close(ko, rotate(k, a, layout))
+    qi, ki = q.clone(), k.clone()
+    apply_rotary(qi, ki, a, backend="triton", inplace=True)
+    _close(qi, rotate(q, a)); _close(ki, rotate(k, a))
+
+def test_many_head_blocks_and_three_axes():
+    "More heads than one block holds (q and k each spread over programs), with M-RoPE positions per batch row"
+    q, k = _qk(B=2, T=70, Hq=9, Hk=6, D=32)
+    pos = torch.stack([torch.arange(70), torch.arange(70) // 5, torch.arange(70) % 5]).to(DEV)  # (3, T)
+    bpos, axis = torch.stack([pos, pos * 2 + 3], 1), torch.tensor([0] * 4 + [1] * 6 + [2] * 6, device=DEV)  # (3, B, T), (R,)
+    f = inv_freq(32).to(DEV)
+    qo, ko = apply_rotary_positions(q, k, bpos.float(), f, axis, backend="triton")
+    a = angles(bpos, f, axis_map=axis)
+    _close(qo, rotate(q, a)); _close(ko, rotate(k, a))
+
+def test_bad_section_map_on_the_device_gives_nan():
+    "The launcher reads no device value, so an out-of-range axis built on a GPU is not refused: its pairs come out NaN, never another axis's rotation"
+    q, _ = _qk(B=1, T=9, Hq=2, Hk=1, D=16)
+    pos, f = torch.stack([torch.arange(9), torch.arange(9) + 1]).to(DEV), inv_freq(16).to(DEV)
+    axis = torch.tensor([0, 1, 0, 1, 2, 0, 1, 0], device=DEV)  # pair 4 reads an axis that does not exist
+    qo = torch.empty_like(q)
+    rotary._launch(q, None, qo, None, rotary._Source(positions=pos, inv_freq=f, axis_map=axis), "half", False, 1.0)  # past the CPU-only value check
+    bad = torch.zeros(16, dtype=torch.bool, device=DEV); bad[[4, 12]] = True  # pair 4: features 4 and 4 + R
+    assert qo[..., bad].isnan().all() and not qo[..., ~bad].isnan().any()
+    with pytest.raises(ValueError, match="axis_map"): apply_rotary_positions(q.cpu(), None, pos.cpu(), f.cpu(), axis.cpu(), backend="torch")  # on the CPU: refused
+
+@pytest.mark.cuda
+def test_launchers_never_sync():
+    "No launcher reads a device value or copies to the host: every call runs under set_sync_debug_mode('error')"
+    q, k = _qk(B=2, T=300, Hq=8, Hk=2, D=128, dtype=torch.bfloat16)
+    f, pos = inv_freq(128).to(DEV), torch.arange(300, device=DEV)
+    a, pos3 = angles(pos, f), torch.stack([pos, pos // 7, pos % 7]).float()
+    axis = torch.tensor([0] * 16 + [1] * 24 + [2] * 24, device=DEV)
+    g, leaf = torch.randn_like(q), q.float().requires_grad_()
+    calls = [lambda: apply_rotary(q, k, a), lambda: apply_rotary(q.clone(), k.clone(), a, inplace=True),
+             lambda: apply_rotary(q, None, a, layout="interleaved"), lambda: apply_rotary_positions(q, k, pos, f),
+             lambda: apply_rotary_positions(q, k, pos3, f, axis), lambda: apply_rotary(leaf, None, a)[0].backward(g.float())]
+    for call in calls: call()  # compile and autotune first: tuning times configs, which syncs, once per shape bucket
+    torch.cuda.synchronize()
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for call in calls: call()
+    finally: torch.cuda.set_sync_debug_mode(mode)
+    _close(apply_rotary_positions(q, k, pos3, f, axis)[0], rotate(q, angles(pos3, f, axis_map=axis)))
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the guard runs where there is no GPU")
+def test_device_guard_catches_a_tensor_left_on_the_host():
+    "conftest's HostMix fails the GPU-only bug on a CPU: angles built without device= next to q built on DEV"
+    q, k = _qk(T=5, D=8)
+    with pytest.raises(AssertionError, match="without `device=`"): apply_rotary(q, k, angles(torch.arange(5), inv_freq(8)))
+    apply_rotary(q, k, angles(torch.arange(5, device=DEV), inv_freq(8).to(DEV)))  # the same call, built right

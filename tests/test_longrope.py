@@ -163,3 +163,65 @@ def test_factor_lists_accept_tuples_and_tensors():
     torch.testing.assert_close(a.inv_freq, b.inv_freq)
     torch.testing.assert_close(a.inv_freq.double(), inv_freq(8, dtype=torch.float64) / torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64), rtol=1e-7, atol=0)
     assert isinstance(a, LongRoPE)
+
+# ---- the evolutionary search (LongRoPE §3.2, Algorithm 1; microsoft/LongRoPE evolution/algorithms/dim_mono.py) ---
+from posexplorer.encodings.context.longrope import (longrope_search, longrope_search_angles, pi_ntk_seeds, mutate, crossover,
+                                                    Individual, N_HAT_CANDIDATES)
+
+_TARGET = torch.linspace(1, 6, 8, dtype=torch.float64) ** 1.3  # a known optimum: non-decreasing, within [1, 1.25 s]
+def _toy_fitness(lam, n_hat): return float(((lam.log() - _TARGET.log()) ** 2).mean()) + 0.01 * abs(n_hat - 8)
+_SMALL = dict(population=16, parents=8, mutations=8, crossovers=8, iterations=25)
+
+def test_search_improves_monotonically_and_finds_the_optimum():
+    calls = []
+    def fit(lam, n): calls.append((lam.clone(), n)); return _toy_fitness(lam, n)
+    r = longrope_search(fit, 16, 8.0, seed=0, **_SMALL)
+    assert len(r.history) == 25 and all(b <= a for a, b in zip(r.history, r.history[1:]))  # elitism: the best never gets worse
+    assert r.history[-1] < r.history[0] / 5 and r.n_hat == 8 and math.isclose(r.fitness, _toy_fitness(r.factors, r.n_hat))
+    assert (r.factors.log() - _TARGET.log()).abs().max() < 0.25
+    assert len({(tuple(l.tolist()), n) for l, n in calls}) == len(calls)  # each individual evaluated once
+    for lam, n in calls:  # every candidate respects the constraints: λ non-decreasing, 1 ≤ λ ≤ 1.25 s, n̂ a paper candidate
+        assert bool((lam.diff() >= 0).all()) and lam.min() >= 1.0 and lam.max() <= 10.0 + 1e-9 and n in N_HAT_CANDIDATES
+
+def test_search_is_seeded():
+    a, b = (longrope_search(_toy_fitness, 16, 8.0, seed=3, **_SMALL) for _ in range(2))
+    c = longrope_search(_toy_fitness, 16, 8.0, seed=4, **_SMALL)
+    assert torch.equal(a.factors, b.factors) and a.n_hat == b.n_hat and a.history == b.history
+    assert a.history != c.history
+
+def test_search_starts_from_the_seeds():
+    "Generation 0 holds PI and NTK-aware scaling: with a fitness that prefers PI, the first best is PI itself"
+    r = longrope_search(lambda lam, n: float((lam - 8.0).abs().sum()) + n, 16, 8.0, seed=0, population=4, parents=2, mutations=2, crossovers=2, iterations=1)
+    assert torch.equal(r.factors, torch.full((8,), 8.0, dtype=torch.float64)) and r.n_hat == 0 and r.fitness == 0.0
+    ntk = pi_ntk_seeds(16, 8.0)["NTK"]  # NTK-aware: θ_i / λ_i = (b s^{d/(d-2)})^{-2i/d}
+    torch.testing.assert_close(inv_freq(16, 10000.0 * 8.0 ** (16 / 14)).double(), inv_freq(16).double() / ntk, rtol=1e-6, atol=0)
+
+def test_mutation_and_crossover_keep_the_constraint():
+    g = torch.Generator().manual_seed(0)
+    par = Individual(pi_ntk_seeds(20, 6.0)["NTK"], 0)
+    for _ in range(100):
+        c = mutate(par, g, 0.5, 0.01, 7.5, N_HAT_CANDIDATES)
+        assert bool((c.factors.diff() >= 0).all()) and 1.0 <= c.factors.min() and c.factors.max() <= 7.5 and c.n_hat in N_HAT_CANDIDATES
+    x = crossover(Individual(torch.full((10,), 6.0, dtype=torch.float64), 4), par, g)
+    assert bool((x.factors.diff() >= 0).all()) and x.n_hat in (0, 4)
+    assert all(v in (6.0, w) for v, w in zip(x.factors.tolist(), par.factors.tolist()))
+
+def test_search_angles_keep_the_first_n_hat_tokens():
+    theta = inv_freq(16).double()
+    a = longrope_search_angles(torch.arange(9), theta, [2.0] * 8, n_hat=3)
+    torch.testing.assert_close(a[:3], torch.arange(3.0, dtype=torch.float64)[:, None] * theta, rtol=0, atol=0)
+    torch.testing.assert_close(a[3:], torch.arange(3.0, 9, dtype=torch.float64)[:, None] * theta / 2, rtol=0, atol=0)
+
+@pytest.mark.parametrize("kw,exc,word", [
+    (dict(fitness=3), TypeError, "fitness"), (dict(p=1.5), ValueError, "`p`"), (dict(iterations=0), ValueError, "iterations"),
+    (dict(seeds={"bad": [1.0, 2.0]}), ValueError, "seeds"), (dict(target_factor=-1.0), ValueError, "target_factor")])
+def test_search_bad_input(kw, exc, word):
+    args = dict(fitness=_toy_fitness, dim=16, target_factor=8.0, **_SMALL) | kw
+    with pytest.raises(exc, match=word): longrope_search(**args)
+
+def test_search_progress_wraps_the_generations():
+    "`progress` is the caller's bar (tqdm.auto.tqdm in the notebook): called once with the generations; encodings never import tqdm"
+    seen = []
+    def bar(it, desc): seen.append(desc); return it
+    r = longrope_search(_toy_fitness, 16, 8.0, seed=0, progress=bar, **(_SMALL | dict(iterations=3)))
+    assert seen == ["LongRoPE search"] and len(r.history) == 3

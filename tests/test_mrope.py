@@ -9,7 +9,7 @@ from conftest import TOL
 from posexplorer.core import angles, get, inv_freq, rotate
 from posexplorer.ops.attention import attention_logits
 from posexplorer.ops.rotary import apply_rotary_positions
-from posexplorer.encodings.spacetime.mrope import (MRoPE, MRoPEInterleaved, mrope_position_ids, contiguous_axes, interleaved_axes,
+from posexplorer.encodings.spacetime.mrope import (qwen3vl_video, MRoPE, MRoPEInterleaved, mrope_position_ids, contiguous_axes, interleaved_axes,
                                     scaled_sections)
 from posexplorer.figures.mrope import position_ids_plot, grid_attention_map
 from posexplorer.encodings.spacetime.eva02at import EVA02AT
@@ -357,3 +357,66 @@ def test_head_dim_must_match(name):
     pos = enc.default_positions(5)
     with pytest.raises(ValueError, match="head dim"): enc.apply(torch.randn(1, 5, 2, 20), None, pos)
     with pytest.raises(ValueError, match="head dim"): enc.apply(torch.randn(1, 5, 2, 16), torch.randn(1, 5, 1, 12), pos)
+
+# ---- a δ per video (issue 17) ------------------------------------------------------------------------------------
+def test_per_video_stride_matches_qwen25_vl():
+    "Qwen2.5-VL's `second_per_grid_ts` is one value per video: a list of strides equals HF's get_rope_index over the whole prompt"
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+    cfg = transformers.Qwen2_5_VLConfig(vision_config=dict(spatial_merge_size=2, tokens_per_second=2),
+                                        image_token_id=60, video_token_id=61, vision_start_token_id=62, vision_end_token_id=63)
+    class _Rope:  # the two methods read only `self.config`; no weights needed
+        get_rope_index, get_vision_position_ids = Qwen2_5_VLModel.get_rope_index, Qwen2_5_VLModel.get_vision_position_ids
+        config = cfg
+    seq = [("text", 2), ("video", (3, 2, 4)), ("text", 1), ("video", (2, 3, 3)), ("text", 2)]  # ⌊δ(t-1)⌋ < max(h, w): HF 5.x = original
+    ids, types, _, vg = _hf_prompt(seq)
+    hf, deltas = _Rope().get_rope_index(ids, types, video_grid_thw=vg, second_per_grid_ts=torch.tensor([0.75, 1.0]))
+    ours, nxt = mrope_position_ids(_with_markers(seq), temporal_stride=[2 * 0.75, 2 * 1.0])
+    assert torch.equal(hf[:, 0], ours) and deltas.item() == nxt - ids.shape[1]
+    assert not torch.equal(mrope_position_ids(_with_markers(seq), temporal_stride=1.5)[0], ours)  # one δ for both is wrong
+
+@pytest.mark.parametrize("bad,exc,words", [([1.0], ValueError, "has 1 values but `segments` holds 2 video segments"),
+                                           ([1.0, 2.0, 3.0], ValueError, "has 3 values"), ([1.0, 0.0], ValueError, "`temporal_stride`"),
+                                           ([1.0, "2"], TypeError, "`temporal_stride`")])
+def test_per_video_stride_bad_input(bad, exc, words):
+    with pytest.raises(exc, match=words): mrope_position_ids([("video", (2, 1, 1)), ("image", (1, 2, 2)), ("video", (2, 1, 1))], "hope", bad)
+
+# ---- Qwen3-VL's timestamps (issue 17) ----------------------------------------------------------------------------
+def _qwen3_vl_prompt(thw, n_ts, merge=2):
+    "input_ids and mm_token_type_ids as Qwen3-VL's processor lays out one video: per frame '<t seconds>' <vision_start> pads <vision_end>"
+    t, h, w = thw
+    ids = [5] * 3
+    for k in n_ts: ids += [9] * k + [62] + [61] * (h * w) + [63]
+    ids = torch.tensor([ids + [5] * 2])
+    return ids, torch.where(ids == 61, 2, 0), torch.tensor([[t, merge * h, merge * w]])
+
+@pytest.mark.parametrize("thw,n_ts", [((3, 2, 3), [4, 4, 4]), ((2, 3, 1), [5, 6]), ((1, 2, 2), [3])])
+def test_qwen3_vl_timestamps_match_hf(thw, n_ts):
+    "transformers' Qwen3VLModel.get_rope_index (models/qwen3_vl/modeling_qwen3_vl.py) on a tiny config: equal ids and deltas"
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
+    cfg = transformers.Qwen3VLConfig(vision_config=dict(spatial_merge_size=2), image_token_id=60, video_token_id=61,
+                                     vision_start_token_id=62, vision_end_token_id=63)
+    class _Rope:  # get_rope_index reads only `self.config` and get_vision_position_ids: no weights
+        get_rope_index, get_vision_position_ids = Qwen3VLModel.get_rope_index, Qwen3VLModel.get_vision_position_ids
+        config = cfg
+    ids, types, vg = _qwen3_vl_prompt(thw, n_ts)
+    hf, deltas = _Rope().get_rope_index(ids, types, video_grid_thw=vg)
+    ours, nxt = mrope_position_ids([("text", 3)] + qwen3vl_video(thw, n_ts) + [("text", 2)])
+    assert torch.equal(hf[:, 0], ours) and deltas.item() == nxt - ids.shape[1]
+
+def test_qwen3_vl_timestamps_by_hand():
+    "Rule read from get_rope_index: frame = its own (1, h, w) block at s; the next token at s + max(h, w); timestamps are text"
+    ours, nxt = mrope_position_ids([("text", 1)] + qwen3vl_video((2, 1, 2), 2))
+    assert ours.tolist() == [[0, 1, 2, 3, 4, 4, 6, 7, 8, 9, 10, 10, 12],
+                             [0, 1, 2, 3, 4, 4, 6, 7, 8, 9, 10, 10, 12],
+                             [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]] and nxt == 13
+    assert [k for k, _ in qwen3vl_video((2, 1, 2), 2, markers=False)] == ["timestamp", "video"] * 2
+    with pytest.raises(ValueError, match="`timestamp_tokens` has 1 values for 2 frames"): qwen3vl_video((2, 1, 2), [3])
+    with pytest.raises(TypeError, match="`timestamp_tokens`"): qwen3vl_video((2, 1, 2), 1.5)
+
+def test_grid_map_panels_have_own_colour_scales():
+    "Issue 17: each heatmap its own colour scale, so no panel saturates on the other's range"
+    fig = grid_attention_map({"mrope": get("mrope", dim=32), "mrope_interleaved": get("mrope_interleaved", dim=32)}, h=5, w=5)
+    assert all(t.coloraxis is None and t.colorbar.x is not None for t in fig.data)
+    assert fig.data[0].colorbar.x != fig.data[1].colorbar.x

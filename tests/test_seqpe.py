@@ -28,18 +28,29 @@ def code_prepare(raw_pos_list, max_digits):
         seqs.append(sum((s for s, _ in parts), [])); masks.append(sum((m for _, m in parts), []))
     return torch.tensor(seqs), torch.tensor(masks, dtype=torch.float)
 
-def code_contrastive(pivot_pe, neg_pe, labels, scale=1.0):
-    "SeqPeContrastiveCriterion.forward, single head: CE of pivot·neg dot products"
+def code_contrastive(pivot_pe, neg_pe, labels, scale=1.0, num_heads=1):
+    "SeqPeContrastiveCriterion.forward: CE of pivot·neg dot products; with seqpe_multi_head_loss, one row of logits per head"
     B = pivot_pe.size(0)
-    logits = (pivot_pe.unsqueeze(1) @ neg_pe.reshape(B, -1, pivot_pe.size(-1)).transpose(1, 2)).view(B, -1)
+    if num_heads > 1:
+        neg = neg_pe.reshape(B, -1, num_heads, pivot_pe.size(-1) // num_heads).permute(0, 2, 1, 3)  # [B, H, N, D/H]
+        piv = pivot_pe.reshape(B, 1, num_heads, -1).permute(0, 2, 1, 3)  # [B, H, 1, D/H]
+        logits = (piv @ neg.transpose(-1, -2)).view(B * num_heads, -1)
+        labels = labels.unsqueeze(-1).repeat(1, num_heads).reshape(-1)
+    else: logits = (pivot_pe.unsqueeze(1) @ neg_pe.reshape(B, -1, pivot_pe.size(-1)).transpose(1, 2)).view(B, -1)
     return F.cross_entropy(logits * scale, labels)
 
-def code_transfer(main_pe, trans_pe, scale=1.0):
-    "SeqPeTransferCriterion.forward, metric='kl_div', beta=1, single head (F.kl_div's default reduction: mean over elements)"
+def code_transfer(main_pe, trans_pe, scale=1.0, beta=1.0, num_heads=None):
+    "SeqPeTransferCriterion.forward, metric='kl_div' (F.kl_div's default reduction: mean over all entries); num_heads: seqpe_multi_head_loss"
+    if num_heads is not None:
+        B, n, _ = main_pe.shape
+        main_pe, trans_pe = (x.reshape(B, n, num_heads, -1).permute(0, 2, 1, 3) for x in (main_pe, trans_pe))
     train = F.log_softmax(main_pe @ main_pe.transpose(-1, -2) * scale, -1)
     trans = F.log_softmax(trans_pe @ trans_pe.transpose(-1, -2) * scale, -1)
-    return (F.kl_div(input=trans, target=train.detach(), log_target=True)
-            + F.kl_div(input=train.detach(), target=trans, log_target=True))
+    loss = beta * (F.kl_div(input=trans, target=train.detach(), log_target=True)
+                   + F.kl_div(input=train.detach(), target=trans, log_target=True))
+    if beta < 1: loss = loss + (1 - beta) * (F.kl_div(input=trans.detach(), target=train, log_target=True)
+                                             + F.kl_div(input=train, target=trans.detach(), log_target=True))
+    return loss
 
 # ---- digits --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
@@ -104,16 +115,43 @@ def test_losses_match_authors():
     piv, cand, lab = torch.randn(6, 12), torch.randn(6, 9, 12), torch.randint(0, 9, (6,))
     for s in (1.0, 0.3):
         torch.testing.assert_close(contrastive_loss(piv, cand, lab, s), code_contrastive(piv, cand.flatten(0, 1), lab, s))
+        torch.testing.assert_close(contrastive_loss(piv, cand, lab, s, n_heads=3), code_contrastive(piv, cand.flatten(0, 1), lab, s, num_heads=3))
     main, trans = torch.randn(4, 7, 12), torch.randn(4, 7, 12, requires_grad=True)
-    ours, theirs = transfer_loss(main, trans), code_transfer(main, trans)
-    torch.testing.assert_close(ours, 7 * theirs)  # ours sums each row's KL; F.kl_div's 'mean' also divides by n = 7
-    g1, = torch.autograd.grad(ours, trans); g2, = torch.autograd.grad(7 * code_transfer(main, trans), trans)
+    ours, theirs = transfer_loss(main, trans, beta=1.0), code_transfer(main, trans)
+    torch.testing.assert_close(ours, theirs)  # the authors' reduction by default
+    torch.testing.assert_close(transfer_loss(main, trans, reduction="row"), 7 * theirs)  # per row: n = 7 times theirs
+    g1, = torch.autograd.grad(ours, trans); g2, = torch.autograd.grad(code_transfer(main, trans), trans)
     torch.testing.assert_close(g1, g2)
+
+def test_transfer_loss_issue_case():
+    "The audit's case (issue 17): N = 6 windows, n = 12 offsets, d = 20, scale 1.7; ours was n = 12 times theirs"
+    g = torch.Generator().manual_seed(17)
+    main, trans = torch.randn(2, 6, 12, 20, generator=g, dtype=torch.float64)
+    theirs = code_transfer(main, trans, scale=1.7, beta=0.8)
+    assert abs(theirs.item() - 0.0266633268) < 1e-9  # the re-implementation's value on this seed (float64)
+    assert abs(transfer_loss(main, trans, scale=1.7).item() - theirs.item()) < 1e-12
+    assert abs(transfer_loss(main, trans, scale=1.7, reduction="row").item() / theirs.item() - 12) < 1e-12
+    m32, t32 = main.float(), trans.float()  # float32, as the authors train: agreement to 1e-6
+    assert abs(transfer_loss(m32, t32, scale=1.7).item() - code_transfer(m32, t32, scale=1.7, beta=0.8).item()) < 1e-6
+
+def test_multi_head_transfer_matches_authors():
+    "seqpe_multi_head_loss=True, as the training scripts build the criterion: per-head Gram matrices, mean over B·H·n·n"
+    torch.manual_seed(1)
+    main, trans = torch.randn(3, 8, 20, requires_grad=True), torch.randn(3, 8, 20, requires_grad=True)
+    for h in (1, 2, 4, 5):
+        ours, theirs = transfer_loss(main, trans, scale=0.7, n_heads=h), code_transfer(main, trans, scale=0.7, beta=0.8, num_heads=h)
+        torch.testing.assert_close(ours, theirs)
+        for a, b in zip(torch.autograd.grad(ours, (main, trans)), torch.autograd.grad(theirs, (main, trans))):
+            torch.testing.assert_close(a, b)  # β = 0.8: both sides get the authors' gradient
+    assert not torch.allclose(transfer_loss(main, trans, n_heads=4), transfer_loss(main, trans))
 
 def test_transfer_teacher_is_detached():
     main, trans = torch.randn(2, 5, 4, requires_grad=True), torch.randn(2, 5, 4, requires_grad=True)
-    transfer_loss(main, trans).backward()
+    transfer_loss(main, trans, beta=1.0).backward()
     assert main.grad is None and torch.isfinite(trans.grad).all() and trans.grad.abs().sum() > 0
+    main.grad = trans.grad = None
+    transfer_loss(main, trans).backward()  # β = 0.8, the scripts' default: the teacher moves too
+    assert main.grad is not None and main.grad.abs().sum() > 0
 
 def _batches(enc, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -208,6 +246,12 @@ BAD = [
     (lambda: SeqPE(n_axes=0), ValueError, "n_axes"),
     (lambda: contrastive_loss(torch.randn(3, 4), torch.randn(3, 5, 6), torch.zeros(3, dtype=torch.long)), ValueError, "candidate_pe"),
     (lambda: transfer_loss(torch.randn(2, 3, 4), torch.randn(2, 4, 4)), ValueError, "transfer_pe"),
+    (lambda: transfer_loss(torch.randn(2, 3, 6), torch.randn(2, 3, 6), n_heads=4), ValueError, "n_heads"),
+    (lambda: transfer_loss(torch.randn(2, 3, 6), torch.randn(2, 3, 6), n_heads=0), ValueError, "n_heads"),
+    (lambda: transfer_loss(torch.randn(2, 3, 6), torch.randn(2, 3, 6), n_heads=2.0), TypeError, "n_heads"),
+    (lambda: transfer_loss(torch.randn(2, 3, 6), torch.randn(2, 3, 6), beta=1.5), ValueError, "beta"),
+    (lambda: transfer_loss(torch.randn(2, 3, 6), torch.randn(2, 3, 6), reduction="sum"), ValueError, "reduction"),
+    (lambda: contrastive_loss(torch.randn(3, 6), torch.randn(3, 5, 6), torch.zeros(3, dtype=torch.long), n_heads=4), ValueError, "n_heads"),
     (lambda: digit_count(0), ValueError, "max_position"),
     (lambda: train_seqpe(SeqPE(dim=4), steps=1, context=64, max_position=70, progress=False), ValueError, "max_position"),
     (lambda: train_seqpe(SeqPE(dim=4), steps=0, progress=False), ValueError, "steps"),

@@ -120,3 +120,13 @@ def test_bad_positions():
     enc = get("videorope", dim=16)
     q = torch.randn(1, 5, 1, 16)
     with pytest.raises(ValueError, match="axes of `positions`"): enc.apply(q, q, torch.arange(5)[None].expand(2, 5).contiguous())  # two axes, not three
+
+# ---- a δ per video (issue 17) ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("segments", SEQS)
+def test_per_video_stride_list_equal_to_scalar_and_to_code(segments):
+    "A list repeating one δ is the scalar; the code's single scale (2.0, `get_t_scale2_rope_index`) is the list's constant case"
+    from posexplorer.encodings.spacetime.mrope import mrope_position_ids
+    n = sum(k == "video" for k, _ in segments)
+    pos, nxt = mrope_position_ids(segments, "videorope", [2.0] * n)
+    ref, ref_next = code_positions(segments, 2.0)
+    assert torch.equal(pos, mrope_position_ids(segments, "videorope", 2.0)[0]) and torch.equal(pos, ref) and nxt == ref_next

@@ -5,7 +5,7 @@ import pytest
 import torch
 from posexplorer.core import get, names, inv_freq, BiasEncoding
 from posexplorer.figures.shared import (effective_inv_freq, wavelength_plot, kl_disturbance, angle_distribution, score_vs_distance,
-                             attention_map, allocation_strip, deviation_plot)
+                             attention_map, allocation_strip, deviation_plot, figure_data, log_ticks)
 
 class _Slopes(BiasEncoding):
     "bias(m, n) = -slope_h |n - m| (a test double, not registered)"
@@ -36,8 +36,8 @@ def test_attention_map_partial_rotary_is_built_in():
 @pytest.mark.parametrize("name", names("bias"))
 def test_every_bias_encoding_draws(name):
     enc = get(name)
-    fig = score_vs_distance(enc, max_distance=16)
-    assert len(fig.data) == enc.n_heads + 1 and attention_map(enc, T=7, dim=64).data[0].z.shape == (7, 7)
+    fig = score_vs_distance(enc, max_distance=16, draws=True)  # per-head lines on request
+    assert len(score_vs_distance(enc, max_distance=16).data) == 1 and len(fig.data) == enc.n_heads + 1 and attention_map(enc, T=7, dim=64).data[0].z.shape == (7, 7)
 
 CASES = [  # (id, call, exception, the argument its message must name)
     ("bias to wavelength_plot", lambda: wavelength_plot(bias), ValueError, "encodings"),
@@ -45,7 +45,6 @@ CASES = [  # (id, call, exception, the argument its message must name)
     ("empty list", lambda: allocation_strip([]), ValueError, "encodings"),
     ("zero context", lambda: wavelength_plot(rope, context=0), ValueError, "context"),
     ("float context", lambda: wavelength_plot(rope, context=4096.0), TypeError, "context"),
-    ("mixed pair counts", lambda: wavelength_plot([rope, get("rope", dim=8)]), ValueError, "encodings"),
     ("bias to effective_inv_freq", lambda: effective_inv_freq(bias), ValueError, "enc"),
     ("extended below context", lambda: kl_disturbance(rope, 64, 32), ValueError, "extended"),
     ("negative context", lambda: kl_disturbance(rope, -1, 32), ValueError, "context"),
@@ -98,3 +97,45 @@ def test_kl_disturbance_direction():
     b = kl_disturbance(pi, 256, 512, reference=rope, bins=32, direction="train||extended")
     assert a.shape == b.shape == (8,) and (a >= 0).all() and (b >= 0).all() and not torch.allclose(a, b)
     with pytest.raises(ValueError, match="`direction`"): kl_disturbance(pi, 256, 512, direction="both")
+
+def _figures():
+    "One of every shared figure, tiny"
+    return [wavelength_plot({"a": rope, "b": get("rope", dim=16, base=500000.0)}, context=512), allocation_strip(rope),
+            score_vs_distance(rope, max_distance=8, bound=True), angle_distribution(rope, 16, 64, bins=8),
+            deviation_plot(rope, length=256), attention_map(rope, T=5)]
+
+def _texts(fig):
+    "Every title and axis title of a figure"
+    lay = fig.layout
+    out = [lay.title.text] + [a.text for a in lay.annotations]
+    return out + [lay[k].title.text for k in lay if k.startswith(("xaxis", "yaxis")) and lay[k].title.text]
+
+def test_real_subscripts_and_log_ticks():
+    "No raw `_i`/`_j` in any title; every log axis has 3 to 12 labelled ticks"
+    for fig in _figures():
+        for t in _texts(fig): assert not any(s in (t or "") for s in ("_i", "_j", "_m", "_n")), t
+        for k in fig.layout:
+            ax = fig.layout[k] if k.startswith(("xaxis", "yaxis")) else None
+            if ax is not None and ax.type == "log": assert 3 <= len(ax.tickvals) <= 12 and len(ax.ticktext) == len(ax.tickvals)
+    for lo, hi in ((1, 2), (1e-7, 1e-1), (1, 1e6), (1e-20, 1e20)): assert 3 <= len(log_ticks(lo, hi)) <= 12
+    with pytest.raises(ValueError, match="lo"): log_ticks(0, 1)
+
+def test_score_vs_distance_one_curve_per_encoding():
+    encs = {"rope": rope, "rope 5e5": get("rope", dim=16, base=500000.0), "bias": bias}
+    assert [t.name for t in score_vs_distance(encs, q="random", max_distance=8).data] == list(encs)
+    f = score_vs_distance(encs, q="random", max_distance=8, draws=True)
+    assert [t.name for t in f.data if t.showlegend is not False] == list(encs) and all(t.opacity < 1 for t in f.data if t.showlegend is False)
+
+def test_figure_data_round_trips():
+    for fig in _figures():
+        rows = figure_data(fig)
+        assert rows and json.dumps(rows, allow_nan=False)
+        for n, tr in enumerate(fig.data):
+            mine = [r for r in rows if r["index"] == n]
+            if tr.type == "heatmap":
+                z = np.asarray(tr.z, float)
+                assert all((np.isnan(z[r["row"], r["col"]]) and r["z"] is None) or z[r["row"], r["col"]] == r["z"] for r in mine)
+            else:
+                assert len(mine) == len(tr.y) and {r["trace"] for r in mine} == {tr.name}
+                assert all(a == b or (b is None and not np.isfinite(a)) for a, b in zip(tr.y, (r["y"] for r in mine)))
+    with pytest.raises(TypeError, match="fig"): figure_data([])

@@ -1,4 +1,5 @@
-"""xPos (`posexplorer.encodings.classics.xpos`): against lucidrains' rotary-embedding-torch (in its centring convention), an independent
+"""xPos (`posexplorer.encodings.classics.xpos`): against torchscale's `XPOS` (written again from its source) and lucidrains'
+rotary-embedding-torch (in its centring convention), the references' interleaved pairing as the default, an independent
 float64 closed form, the shared kernel's backends and dtypes, gradients, and bad input."""
 import math
 import pytest
@@ -52,10 +53,53 @@ def test_lucidrains_cached_keys_centres_q_and_k_differently():
     torch.testing.assert_close(torch.einsum("bqhd,bkhd->bhqk", oq, ok), full, rtol=1e-5, atol=1e-4)  # ours: a cache changes nothing
     assert not torch.allclose(cq @ ck.transpose(-1, -2), full, rtol=1e-2, atol=1e-2)  # theirs: it does
 
+# ---- torchscale's XPOS ----------------------------------------------------------------------------------
+def torchscale_xpos(x, offset=0, downscale=False, scale_base=512):
+    """microsoft/torchscale, torchscale/component/xpos_relative_position.py, `XPOS.forward` (with `fixed_pos_embedding`,
+    `rotate_every_two`, `duplicate_interleave`), written again in float64: x is (N, T, D); the scale's positions are centred
+    on -(T + offset) // 2, the rotation's run 0..T+offset-1 and the last T rows are kept; `downscale` (the keys) inverts the scale"""
+    T, D = x.shape[1], x.shape[2]
+    zeta = (torch.arange(0, D, 2, dtype=torch.float64) + 0.4 * D) / (1.4 * D)
+    min_pos = -(T + offset) // 2
+    scale = zeta ** (torch.arange(min_pos, T + offset + min_pos, dtype=torch.float64) / scale_base)[:, None]  # (T + offset, D/2)
+    ang = torch.arange(T + offset, dtype=torch.float64)[:, None] / 10000 ** (torch.arange(D // 2, dtype=torch.float64) / (D // 2))
+    sin, cos, scale = ang.sin()[-T:], ang.cos()[-T:], scale[-T:]
+    if downscale: scale = 1 / scale
+    sin, cos = ((t * scale).repeat_interleave(2, -1) for t in (sin, cos))  # duplicate_interleave
+    every_two = torch.stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)
+    return x * cos + every_two * sin
+
+@pytest.mark.parametrize("T,D,B", [(33, 32, 64.0), (16, 64, 512.0), (7, 8, 4.0)])
+def test_logits_match_torchscale(T, D, B):
+    """torchscale's MultiheadAttention: k = xpos(k, offset=0, downscale=True), q = xpos(q, offset=offset); our default
+    layout gives its logits, for the full sequence and for one decoding step against the cache (offset = T − 1)"""
+    q, k = torch.randn(6, T, D, dtype=torch.float64), torch.randn(6, T, D, dtype=torch.float64)
+    theirs = torchscale_xpos(q, scale_base=B) @ torchscale_xpos(k, downscale=True, scale_base=B).transpose(-1, -2)
+    enc = get("xpos", dim=D, scale_base=B)
+    oq, ok = enc.apply(q.float()[:, :, None], k.float()[:, :, None])  # float32, the default layout
+    ours = torch.einsum("nqd,nkd->nqk", oq[:, :, 0].double(), ok[:, :, 0].double())
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=2e-6 * theirs.abs().max().item())
+    step = torchscale_xpos(q[:, -1:], offset=T - 1, scale_base=B) @ torchscale_xpos(k, downscale=True, scale_base=B).transpose(-1, -2)
+    sq, sk = enc.apply(q[:, -1:, None], k[:, :, None], torch.tensor([T - 1]), k_positions=torch.arange(T))
+    torch.testing.assert_close(torch.einsum("nqd,nkd->nqk", sq[:, :, 0], sk[:, :, 0]), step, rtol=1e-5, atol=1e-6 * step.abs().max().item())
+    hq, hk = enc.apply(q[:, :, None], k[:, :, None], layout="half")  # the NeoX pairing: other logits
+    half = torch.einsum("nqd,nkd->nqk", hq[:, :, 0], hk[:, :, 0])
+    assert (half - theirs).norm() > 0.3 * theirs.norm()
+
+def test_default_layout_is_the_references():
+    "apply, attention_logits and attend all use the interleaved pairing unless told otherwise"
+    enc = get("xpos", dim=16, scale_base=32.0)
+    q, k = torch.randn(1, 9, 2, 16), torch.randn(1, 9, 2, 16)
+    for a, b in zip(enc.apply(q, k), enc.apply(q, k, layout="interleaved")): assert torch.equal(a, b)
+    tq, tk = (torchscale_xpos(x[0].transpose(0, 1).double(), downscale=d, scale_base=32.0) for x, d in ((q, False), (k, True)))
+    want = (tq @ tk.transpose(-1, -2) / 4.0)[None]  # (1, H, T, T), scaled by 1/√16
+    got = attention_logits(q, k, enc, causal=False, backend="torch").double()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
 # ---- an independent closed form -------------------------------------------------------------------------
 @pytest.mark.parametrize("D,B,gamma,base", [(8, 4.0, 0.4, 10000.0), (32, 512.0, 0.4, 10000.0), (20, 64.0, 1.0, 500.0)])
 def test_closed_form_float64(D, B, gamma, base):
-    "Pair i = (x_i, x_{i+R}) as x_i + i·x_{i+R}, times e^{i n θ_i} ζ_i^{n/B} (queries) or e^{i m θ_i} ζ_i^{−m/B} (keys)"
+    "Pair i = (x_2i, x_2i+1) as x_2i + i·x_2i+1 (the default, interleaved), times e^{i n θ_i} ζ_i^{n/B} (queries) or e^{i m θ_i} ζ_i^{−m/B} (keys)"
     R, T = D // 2, 13
     pos = torch.arange(T) * 3 + 5
     q = torch.randn(1, T, 1, D, dtype=torch.float64)
@@ -63,8 +107,8 @@ def test_closed_form_float64(D, B, gamma, base):
     zeta = torch.tensor([(i / R + gamma) / (1 + gamma) for i in range(R)], dtype=torch.float64)
     enc = get("xpos", dim=D, scale_base=B, gamma=gamma, base=base)
     for sign, out in ((1, enc.apply(q, None, pos)[0]), (-1, enc.apply(q, q, pos)[1])):
-        zc = torch.complex(q[0, :, 0, :R], q[0, :, 0, R:]) * torch.exp(1j * pos[:, None] * theta) * zeta ** (sign * pos[:, None] / B)
-        ref = torch.cat([zc.real, zc.imag], -1)
+        zc = torch.complex(q[0, :, 0, 0::2], q[0, :, 0, 1::2]) * torch.exp(1j * pos[:, None] * theta) * zeta ** (sign * pos[:, None] / B)
+        ref = torch.stack([zc.real, zc.imag], -1).flatten(-2)
         torch.testing.assert_close(out[0, :, 0], ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())  # float32 angles (up to p·2⁻²⁴ rad)
 
 def test_zeta_values():
@@ -102,7 +146,7 @@ def test_per_batch_positions_and_cache():
     enc = get("xpos", dim=8, scale_base=16.0)
     q, k = torch.randn(1, 4, 2, 8).expand(2, -1, -1, -1), torch.randn(1, 9, 2, 8).expand(2, -1, -1, -1)  # the same tokens in both rows
     qp, kp = torch.stack([torch.arange(5, 9), torch.arange(105, 109)]), torch.stack([torch.arange(9), torch.arange(100, 109)])
-    oq, ok = enc.apply(q, k, qp, k_positions=kp)
+    oq, ok = enc.apply(q, k, qp, k_positions=kp, layout="half")
     for b in range(2):
         rq = rotate(q[b:b + 1], enc.angles(qp[b])) * torch.cat([enc.scales(qp[b])] * 2, -1)[None, :, None]
         rk = rotate(k[b:b + 1], enc.angles(kp[b])) * torch.cat([enc.scales(-kp[b])] * 2, -1)[None, :, None]
@@ -115,7 +159,7 @@ def test_gradients(backend):
     enc = get("xpos", dim=16, scale_base=8.0)
     q, k = torch.randn(1, 21, 2, 16, device=DEV, requires_grad=True), torch.randn(1, 21, 1, 16, device=DEV, requires_grad=True)
     gq, gk = torch.randn(1, 21, 2, 16, device=DEV), torch.randn(1, 21, 1, 16, device=DEV)
-    oq, ok = enc.apply(q, k, backend=backend)
+    oq, ok = enc.apply(q, k, backend=backend, layout="half")
     dq, dk = torch.autograd.grad((oq * gq).sum() + (ok * gk).sum(), (q, k))
     p = torch.arange(21, device=DEV)
     def ref(x, sign):
@@ -147,7 +191,8 @@ def test_attend_triton_matches_torch(Tq, Tk):
 def test_rope_limit():
     "As scale_base grows xPos becomes RoPE"
     x = torch.randn(1, 9, 2, 16)
-    for a, b in zip(get("xpos", dim=16, scale_base=1e12).apply(x, x), get("rope", dim=16).apply(x, x)): torch.testing.assert_close(a, b)
+    for lay in ("half", "interleaved"):
+        for a, b in zip(get("xpos", dim=16, scale_base=1e12).apply(x, x, layout=lay), get("rope", dim=16).apply(x, x, layout=lay)): torch.testing.assert_close(a, b)
 
 # ---- bad input ------------------------------------------------------------------------------------------
 x = torch.randn(1, 7, 2, 8)
@@ -218,7 +263,7 @@ def test_just_inside_the_bound_is_finite_and_right(dtype, sign):
     got = torch.einsum("bqhd,bkhd->bhqk", oq.double(), ok.double())
     R, rel = D // 2, pos[:, None] - pos[None, :]  # (T, T) n − m
     th, z = inv_freq(D), xpos_zeta(D)
-    qc, kc = torch.complex(q[..., :R].double(), q[..., R:].double()), torch.complex(k[..., :R].double(), k[..., R:].double())  # (1, T, H, R)
+    qc, kc = torch.complex(q[..., 0::2].double(), q[..., 1::2].double()), torch.complex(k[..., 0::2].double(), k[..., 1::2].double())  # (1, T, H, R), interleaved pairs (the default)
     w = torch.exp(1j * rel[..., None] * th) * z ** (rel[..., None] / 512)  # (T, T, R) per-pair factor of the logit
     ref = torch.einsum("bqhr,bkhr,qkr->bhqk", qc, kc.conj(), w.to(torch.complex128)).real
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)  # float32: q, k, factors rounded once each

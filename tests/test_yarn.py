@@ -181,3 +181,59 @@ def test_defaults():
     assert enc.mscale is None and enc.mscale_all_dim is None and enc.attention_factor is None
     assert get("yarn").card.properties == {"relative": True}
     assert get("yarn", factor=8.0, mscale=0, mscale_all_dim=0).attention_scale == yarn_mscale(8.0)  # 0 means unset, as in Hugging Face
+
+# ---- dynamic YaRN against the authors' module ---------------------------------------------------------------------------
+class AuthorsDynamicYaRN:
+    """jquesnelle/yarn, scaled_rope/LlamaDynamicYaRNScaledRotaryEmbedding.py, `LlamaDynamicYaRNScaledRotaryEmbedding`, written
+    again in float32 as theirs computes: RoPE (or YaRN at max_position_embeddings / original with `finetuned`) up to the
+    cached length; a longer sequence L recomputes `yarn(L / original_max_position_embeddings)`; cos and sin times mscale"""
+    def __init__(self, dim, max_position_embeddings, original_max_position_embeddings, base=10000, beta_fast=32, beta_slow=1, finetuned=False):
+        self.dim, self.base, self.orig, self.bf, self.bs = dim, base, original_max_position_embeddings, beta_fast, beta_slow
+        if finetuned: self.yarn(max_position_embeddings / original_max_position_embeddings)
+        else: self.inv_freq, self.mscale = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)), 1.0
+        self.cached = max_position_embeddings
+    def yarn(self, scale):
+        pos_freqs = self.base ** (torch.arange(0, self.dim, 2).float() / self.dim)
+        corr = lambda rot: (self.dim * math.log(self.orig / (rot * 2 * math.pi))) / (2 * math.log(self.base))  # find_correction_dim
+        low, high = max(math.floor(corr(self.bf)), 0), min(math.ceil(corr(self.bs)), self.dim - 1)
+        if low == high: high += 0.001
+        mask = 1 - torch.clamp((torch.arange(self.dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+        self.inv_freq = (1.0 / (scale * pos_freqs)) * (1 - mask) + (1.0 / pos_freqs) * mask
+        self.mscale = 1.0 if scale <= 1 else 0.1 * math.log(scale) + 1.0
+    def forward(self, seq_len):  # (cos, sin), each (seq_len, dim): cat((freqs, freqs)), as rotate_half pairs them
+        if seq_len > self.cached: self.cached = seq_len; self.yarn(seq_len / self.orig)
+        emb = torch.cat([torch.outer(torch.arange(self.cached, dtype=torch.float32), self.inv_freq)] * 2, -1)
+        return (emb.cos() * self.mscale)[:seq_len], (emb.sin() * self.mscale)[:seq_len]
+
+@pytest.mark.parametrize("finetuned,lengths", [(False, [100, 256, 257, 700, 2000]), (True, [300, 1024, 1025, 3000])])
+def test_dynamic_yarn_matches_the_authors(finetuned, lengths):
+    "One fresh module per length (a pure function of L); a model fine-tuned to L' = 4 L₀ is `factor=4`"
+    D, L0 = 64, 256
+    enc = get("dynamic_yarn", dim=D, original_max_position_embeddings=L0, factor=4.0 if finetuned else 1.0)
+    for L in lengths:
+        cos, sin = AuthorsDynamicYaRN(D, 4 * L0 if finetuned else L0, L0, finetuned=finetuned).forward(L)
+        x = torch.randn(1, L, 1, D, dtype=torch.float64)
+        theirs = x[0, :, 0] * cos.double() + torch.cat([-x[0, :, 0, D // 2:], x[0, :, 0, :D // 2]], -1) * sin.double()  # rotate_half
+        ours = enc.apply(x, None, backend="torch")[0][0, :, 0]
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=5e-4 * L / 1000 + 1e-5)  # theirs: float32 angles m·θ (m up to L)
+        s = max(4.0 if finetuned else 1.0, L / L0)
+        assert math.isclose(enc.at_length(L).attention_scale, 1.0 if s <= 1 else 0.1 * math.log(s) + 1.0)
+        theirs_f = AuthorsDynamicYaRN(D, 4 * L0 if finetuned else L0, L0, finetuned=finetuned); theirs_f.forward(L)
+        torch.testing.assert_close(enc.at_length(L).inv_freq.float(), theirs_f.inv_freq, rtol=1e-6, atol=0)
+
+def test_dynamic_yarn_is_static_yarn_at_each_length_and_not_relative():
+    enc = get("dynamic_yarn", dim=32, original_max_position_embeddings=64)
+    assert enc.factor_at(64) == 1.0 and enc.factor_at(640) == 10.0 and not enc.card.properties["relative"]
+    q, k = torch.randn(2, 1, 20, 2, 32)
+    p = torch.arange(20)
+    same = lambda a, b: torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    same(attention_logits(q, k, enc, q_positions=p + 10, k_positions=p + 10), attention_logits(q, k, enc, q_positions=p, k_positions=p))  # L ≤ L₀
+    far = attention_logits(q, k, enc, q_positions=p + 500, k_positions=p + 500, backend="torch")
+    same(far, attention_logits(q, k, get("yarn", dim=32, original_max_position_embeddings=64, factor=520 / 64), q_positions=p + 500, k_positions=p + 500, backend="torch"))
+    assert (far - attention_logits(q, k, enc, q_positions=p, k_positions=p, backend="torch")).abs().nan_to_num().max() > 1e-2
+
+def test_dynamic_yarn_bad_input():
+    with pytest.raises(ValueError, match="factor"): get("dynamic_yarn", factor=0.5)
+    enc, x = get("dynamic_yarn", dim=8), torch.randn(1, 3, 1, 8)
+    with pytest.raises(ValueError, match="k_positions"): enc.apply(x, x, torch.arange(3), k_positions=torch.tensor([0.0, float("nan"), 2.0]))
+    with pytest.raises(TypeError, match="positions"): enc.apply(x, x, [0, 1, 2])

@@ -18,7 +18,11 @@ same pages with standard tools, every asset served from `_docs/` itself:
    notebooks in `make test`. Results are cached by content with jupyter-cache (`.jupyter_cache/`): the key is the
    code cells sent to the kernel (which cells are skipped included) plus a hash of everything else they read (every
    file under `posexplorer/`, the data under `nbs/`, requirements.lock, pyproject.toml), so a rebuild with nothing
-   changed executes nothing. Cells that nbdev-docs' own show_doc pass would run out of context are warned about.
+   changed executes nothing. When .jupyter_cache/ misses, the committed store `site-cache/<folder>/<nb>.json` is
+   tried (the same inputs + every code cell's source and skip flag, hashed without paths, mtimes or cell ids; the
+   outputs, compact and sorted); every execution rewrites it, so a fresh clone with an up-to-date store executes
+   nothing and a change re-executes exactly the notebooks whose key it changes. Cells that nbdev-docs' own show_doc
+   pass would run out of context are warned about. stderr outputs are dropped from the pages.
 3. **Render** with nbconvert's HTMLExporter and its "classic" full-page template, extended by
    `tools/templates/posexplorer/` (sidebar, header, table of contents, pager, local plotly.js and MathJax 3). Quarto
    cell options nbdev leaves for Quarto are honoured (`echo`/`output`/`include: false`, `code-fold`, `fig-cap`),
@@ -41,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
 TEMPLATES = ROOT / "tools" / "templates"  # nbconvert template folder: posexplorer/ extends nbconvert's "classic"
-CACHE_DIR = ROOT / ".jupyter_cache"
+CACHE_DIR = Path(os.environ.get("POSX_JUPYTER_CACHE", ROOT / ".jupyter_cache"))  # override: try a fresh clone
 MATHJAX_DIR = ROOT / ".site-deps" / "node_modules" / "mathjax" / "es5"
 EXEC_ENV = {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "PLOTLY_RENDERER": "plotly_mimetype", "POSEXPLORER_STATIC": "1"}  # static: `app.live` draws no widgets
 # OMP_NUM_THREADS: one torch thread per kernel, since notebooks run two at a time on two cores (six heavy notebooks: 127 s -> 63 s)
@@ -52,6 +56,10 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 DROP_MIMES = ("application/javascript", "application/vnd.jupyter.widget-state+json",
               "application/vnd.holoviews_load.v0+json", "application/vnd.holoviews_exec.v0+json",
               "application/vnd.bokehjs_load.v0+json", "application/vnd.bokehjs_exec.v0+json")
+
+
+PANEL_MIMES = ("application/vnd.holoviews_exec.v0+json", "application/vnd.bokehjs_exec.v0+json")
+_re_main = re.compile(r"\b__main__\.")  # `__main__.BlockRotary` in a signature: the public name is `BlockRotary`
 
 
 class BuildError(RuntimeError):
@@ -153,6 +161,42 @@ def inputs_key() -> str:
     return h.hexdigest()
 
 
+STORE_DIR = ROOT / "site-cache"  # committed: a fresh clone takes the outputs from here instead of executing
+
+
+def store_key(node, key: str) -> str:
+    """The committed store's key: `key` (`inputs_key()`: posexplorer/, nbs data, the pins, hashed by relative path and
+    bytes) plus every code cell's source and whether it is skipped. No absolute path, mtime or cell id enters it."""
+    h = hashlib.sha256(key.encode())
+    for c in node.cells:
+        if c.cell_type == "code":
+            h.update(b"\0" + str(bool(c.metadata.get("posx_skip"))).encode() + b"\0" + c.source.encode())
+    return h.hexdigest()
+
+
+def store_load(node, store: Path, skey: str):
+    "The notebook `node` with the outputs stored in `store` under `skey`, or None when the store misses"
+    try: rec = json.loads(store.read_text())
+    except (OSError, ValueError): return None
+    codes = [c for c in node.cells if c.cell_type == "code"]
+    if rec.get("key") != skey or len(rec.get("cells", ())) != len(codes): return None
+    import nbformat
+    for c, r in zip(codes, rec["cells"]):
+        c.outputs = [nbformat.from_dict(o) for o in r["outputs"]]
+        c.execution_count = r["execution_count"]
+    return node
+
+
+def store_save(done, store: Path, skey: str):
+    "Write the executed outputs of `done` to `store` under `skey`: compact, sorted, no timestamps (deterministic)"
+    cells = [{"execution_count": c.get("execution_count"), "outputs": c.get("outputs", [])}
+             for c in done.cells if c.cell_type == "code"]
+    store.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"key": skey, "cells": cells}, sort_keys=True, separators=(",", ":")) + "\n")
+    tmp.replace(store)
+
+
 def execute_cached(node, path: Path, skip: set[int], key: str):
     """`execute_notebook` through jupyter-cache: jupyter-cache hashes the code cells with their metadata, so the
     skipped cells are marked there and `key` (`inputs_key()`) is stored on the first cell. Returns (notebook whose
@@ -165,9 +209,12 @@ def execute_cached(node, path: Path, skip: set[int], key: str):
     try: return cache.get_cache_bundle(cache.match_cache_notebook(node).pk).nb, False
     except KeyError: pass
     name = path.relative_to(NBS).as_posix()
-    done = execute_notebook(node, cwd=path.parent, skip=skip, name=name)
+    skey, store = store_key(node, key), STORE_DIR / (name[:-len(".ipynb")] + ".json")
+    if ran := (done := store_load(node, store, skey)) is None:
+        done = execute_notebook(node, cwd=path.parent, skip=skip, name=name)
+        store_save(done, store, skey)
     cache.cache_notebook_bundle(CacheBundleIn(done, uri=name), check_validity=False, overwrite=True)
-    return done, True
+    return done, ran
 
 
 _re_ansi = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -336,14 +383,15 @@ def plotly_html(spec: dict, div_id: str) -> str:
     def js(o): return json.dumps(o, separators=(",", ":")).replace("</", "<\\/")
     config = {**spec.get("config", {}), "responsive": True}
     return (f'<div id="{div_id}" class="plotly-graph-div tex2jax_ignore" style="width:100%;"></div>\n'
-            f'<script>Plotly.newPlot("{div_id}", {js(spec.get("data", []))}, {js(spec.get("layout", {}))}, '
-            f'{js(config)});</script>')
+            f'<script>addEventListener("DOMContentLoaded", () => Plotly.newPlot("{div_id}", '
+            f'{js(spec.get("data", []))}, {js(spec.get("layout", {}))}, {js(config)}));</script>')
+    # DOMContentLoaded: plotly.js is a `defer` script (one shared file, cached by the browser), run before that event
 
 
 def prepare_cells(nb, stem: str) -> dict:
     "Apply Quarto cell options and rewrite outputs, in place. Returns page info: title, description, plotly, math"
     import yaml
-    info = {"title": stem, "description": "", "plotly": False}
+    info = {"title": stem, "description": "", "plotly": False, "stderr": False}
     nb.metadata.pop("widgets", None)  # widget state nbdev saves: no widget manager on a static page
     cells, n_plot = [], 0
     for cell in nb.cells:
@@ -371,7 +419,13 @@ def prepare_cells(nb, stem: str) -> dict:
         outs = []
         for o in cell.get("outputs", []):
             data = o.get("data")
+            if o.get("output_type") == "stream" and o.get("name") == "stderr":
+                info["stderr"] = True; continue  # library warnings and progress bars: noise on a docs page
             if data is None:
+                outs.append(o); continue
+            if any(m in data for m in PANEL_MIMES):  # a Panel/Bokeh view: needs its server or a CDN loader
+                o.data = {"text/html": '<p class="widget-note">An interactive Panel app: run <code>make serve</code> '
+                                       'or the notebook in Jupyter to use it.</p>'}
                 outs.append(o); continue
             if PLOTLY_MIME in data:
                 n_plot += 1; info["plotly"] = True
@@ -384,7 +438,8 @@ def prepare_cells(nb, stem: str) -> dict:
                 if not data: continue
                 if "text/markdown" in data:
                     md = data["text/markdown"]
-                    data["text/markdown"] = fix_markdown("".join(md) if isinstance(md, list) else md)
+                    md = fix_markdown("".join(md) if isinstance(md, list) else md)
+                    data["text/markdown"] = _re_main.sub("", md)  # show_doc of a class defined in the notebook
             outs.append(o)
         cell.outputs = outs
         if meta.get("hide_input") and not outs: continue
@@ -583,7 +638,7 @@ def build(out: Path, nbs: list | None = None, workers: int = 2, progress: bool =
         ran = sorted(((n, r) for n, r in results.items() if r["executed"]), key=lambda x: -x[1]["seconds"])
         print(f"built {len(results)} page(s) into {out} in {time.time() - t0:.0f}s; executed {len(ran)} notebook(s)"
               f"{': ' if ran else ''}{', '.join('%s %.0fs' % (n, r['seconds']) for n, r in ran)}; the rest from "
-              f"{CACHE_DIR.relative_to(ROOT)}/", file=sys.stderr)
+              f"{os.path.relpath(CACHE_DIR, ROOT)}/ or site-cache/", file=sys.stderr)
     return [out / r["page"] for r in results.values()]
 
 

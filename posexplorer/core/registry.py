@@ -74,7 +74,7 @@ class CardTable(list):
         for c in self:
             claims = ", ".join(k for k, v in c.properties.items() if v is True) or "–"
             arxiv = f"[{c.arxiv}]({c.url})" if c.arxiv else "–"
-            rows.append(f"| `{c.name}` | {c.family} | {c.title} | {c.year} | {arxiv} | {c.notebook} | {claims} |")
+            rows.append(f"| `{c.name}` | {c.family} | {c.title} | {c.year} | {arxiv} | [{c.notebook}]({c.notebook}) | {claims} |")
         return "\n".join(rows)
     _repr_markdown_ = to_markdown
 

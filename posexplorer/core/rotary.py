@@ -25,7 +25,7 @@ def gather_axes(positions, axis_map, R):
     "Per-pair positions `(..., T, R)`: pair p reads axis `axis_map[p]`"
     check_tensor("axis_map", axis_map, floating=False)
     if axis_map.shape != (R,): raise ValueError(f"`axis_map` must have shape ({R},) to match `inv_freq`, got {tuple(axis_map.shape)}")
-    if int(axis_map.min()) < 0 or int(axis_map.max()) >= positions.shape[0]:
+    if axis_map.device.type == "cpu" and (int(axis_map.min()) < 0 or int(axis_map.max()) >= positions.shape[0]):  # no host sync on a GPU
         raise ValueError(f"`axis_map` values must index the {positions.shape[0]} axes of `positions`")
     return positions[axis_map.to(positions.device).long()].movedim(0, -1)  # (..., T, R)
 

@@ -10,10 +10,11 @@ from .shared import new_figure
 from ..encodings.inference.a2ats import WRoPE, rotate_rows, synthetic_queries, query_aware_kmeans, vq_scores
 
 # %% ../../nbs/inference/a2ats.ipynb #76e0bb94
-def score_scatter(dim:int=64, window:int=64, r:int=64, T:int=1024, seed:int=0, # head dim, w, r, keys, seed
-                  n_codes:int|None=None) -> go.Figure: # quantize the keys with C query-aware codes
-    "Approximate (WRoPE, optionally with quantized keys) against exact RoPE score for one query at T−1, coloured by m − n"
-    enc, g = WRoPE(dim=dim, window=window, r=r), torch.Generator().manual_seed(seed)
+def score_scatter(dim:int=64, window:int=64, r:int=2048, T:int=1024, seed:int=0, # head dim, w, r (the authors' 64 and 2048), keys, seed
+                  n_codes:int|None=None, # quantize the keys with C query-aware codes
+                  sinks:int=8) -> go.Figure: # the first keys, scored exactly (the authors' 8)
+    "Approximate (WRoPE, optionally with quantized keys) against exact RoPE score for one query at T−1, coloured by m − n; sinks marked"
+    enc, g = WRoPE(dim=dim, window=window, r=r, sinks=sinks), torch.Generator().manual_seed(seed)
     k, q = torch.randn(T, dim, generator=g, dtype=torch.float64), synthetic_queries(257, dim, seed)
     qp, kp = torch.tensor([T - 1]), torch.arange(T)
     ex = enc.exact_scores(q[:1], k, qp, kp)[0]
@@ -23,5 +24,8 @@ def score_scatter(dim:int=64, window:int=64, r:int=64, T:int=1024, seed:int=0, #
                     hovertemplate="exact %{x:.3f}<br>approx %{y:.3f}<br>m − n = %{marker.color}<extra></extra>")
     lim = [float(min(ex.min(), ap.min())), float(max(ex.max(), ap.max()))]
     fig.add_scatter(x=lim, y=lim, mode="lines", name="approx = exact", line=dict(color="#444", dash="dash"))
+    s = min(sinks, T)
+    fig.add_scatter(x=ex[:s].numpy(), y=ap[:s].numpy(), mode="markers", name=f"sinks (first {s} keys, exact)", marker=dict(size=9, symbol="diamond-open", color="#d62728"),
+                    hovertemplate="sink<br>exact %{x:.3f}<br>approx %{y:.3f}<extra></extra>")
     fig.update_layout(legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom"))  # clear of the colour bar
     return fig.update_xaxes(title_text="exact RoPE score ⟨R_m q, R_n k⟩").update_yaxes(title_text="WRoPE score" + ("" if n_codes is None else f", {n_codes} codes"))

@@ -12,7 +12,7 @@ from . import shared as viz
 from ..encodings.spacetime.mrope import SCHEMES, check_segments, mrope_position_ids
 
 # %% ../../nbs/spacetime/mrope.ipynb #4fa0b733
-KIND_COLORS = {"text": "rgba(0,0,0,0)", "image": "rgba(255,127,14,0.10)", "video": "rgba(148,103,189,0.10)"}
+KIND_COLORS = {"text": "rgba(0,0,0,0)", "timestamp": "rgba(44,160,44,0.12)", "image": "rgba(255,127,14,0.10)", "video": "rgba(148,103,189,0.10)"}
 
 def _scheme_items(schemes, temporal_stride) -> list: # [(label, scheme, stride)]
     "Normalize `schemes`: names or (name, stride) pairs"
@@ -21,17 +21,18 @@ def _scheme_items(schemes, temporal_stride) -> list: # [(label, scheme, stride)]
     out = []
     for s in items:
         scheme, stride = (s, temporal_stride) if isinstance(s, str) else tuple(s)
-        out.append((f"{scheme}, δ = {stride:g}", scheme, stride))
+        d = ", ".join(f"{s:g}" for s in stride) if isinstance(stride, (list, tuple)) else f"{stride:g}"
+        out.append((f"{scheme}, δ = {d}", scheme, stride))
     return out
 
 def add_segment_bands(fig, segments, rows:int):
     "Shade each image and video block and name it above the first panel"
     start = 0
     for kind, size in check_segments(segments):
-        n = size if kind == "text" else math.prod(size)
+        n = size if kind in ("text", "timestamp") else math.prod(size)
         if kind != "text":
             for r in range(1, rows + 1): fig.add_vrect(x0=start - 0.5, x1=start + n - 0.5, fillcolor=KIND_COLORS[kind], line_width=0, row=r, col=1)
-            fig.add_annotation(x=start + n / 2 - 0.5, y=1.0, xref="x", yref="paper", yanchor="bottom", showarrow=False, text=f"{kind} {size}")
+            fig.add_annotation(x=start + n / 2 - 0.5, y=1.0, xref="x", yref="paper", yanchor="bottom", showarrow=False, text=f"{kind} {size}" if kind != "timestamp" else "ts")
         start += n
 
 # %% ../../nbs/spacetime/mrope.ipynb #3af28e44
@@ -68,10 +69,11 @@ def grid_attention_map(encodings, # rotary encodings with 3 axes: one, a list, o
     for label, enc in encs.items():
         if enc.n_axes != 3: raise ValueError(f"`encodings` must read 3 position axes (t, h, w); {label} reads {enc.n_axes}")
     pos, _ = mrope_position_ids([("image", (1, h, w))], scheme, temporal_stride)  # (3, h*w)
-    fig = viz.new_figure("Which patches of an image does its centre patch favour when content is equal?", cols=len(encs), subplot_titles=list(encs))
+    fig = viz.new_figure("Which patches of an image does its centre patch favour when content is equal?", cols=len(encs), subplot_titles=list(encs), horizontal_spacing=0.14)
     for j, (label, enc) in enumerate(encs.items(), 1):
         z = _grid_scores(enc, pos, (h // 2) * w + w // 2).view(h, w)
-        fig.add_heatmap(z=z.numpy(), coloraxis="coloraxis", name=label, hovertemplate=f"{label}<br>row %{{y}}, column %{{x}}<br>score %{{z:.3f}}<extra></extra>", row=1, col=j)
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{j if j > 1 else ''}", title_text="row h" if j == 1 else None, row=1, col=j)
-    fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar_title="score"), height=460, width=360 * len(encs) + 120)
-    return fig.update_xaxes(title_text="column w")
+        x0 = fig.layout[f"xaxis{j if j > 1 else ''}"].domain[1] + 0.01  # each panel its own colour scale, its bar just right of it
+        fig.add_heatmap(z=z.numpy(), colorscale="Viridis", colorbar=dict(title="score", x=x0, len=0.8, thickness=12), name=label, hovertemplate=f"{label}<br>row %{{y}}, column %{{x}}<br>score %{{z:.3f}}<extra></extra>", row=1, col=j)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{j if j > 1 else ''}", title_text="row <i>h</i>" if j == 1 else None, row=1, col=j)
+    fig.update_layout(height=460, width=400 * len(encs) + 80)
+    return fig.update_xaxes(title_text="column <i>w</i>")

@@ -12,7 +12,7 @@ from ..encodings.learned.comrope import apply_blocks, block_rotations, block_rot
 # %% ../../nbs/learned/comrope.ipynb #5f2d84f1
 def _authors_dense(enc, x, pos): # (B, T, H, D): the D×D route of the authors' `get_rotation_matrix`
     R = block_rotations(enc, pos)  # (1, T, Hg, nb, b, b)
-    Rd = torch.zeros(*R.shape[:3], enc.dim, enc.dim, dtype=R.dtype)  # (1, T, Hg, D, D)
+    Rd = torch.zeros(*R.shape[:3], enc.dim, enc.dim, dtype=R.dtype, device=R.device)  # (1, T, Hg, D, D)
     for j in range(enc.n_blocks): Rd[..., j * enc.block_size:(j + 1) * enc.block_size, j * enc.block_size:(j + 1) * enc.block_size] = R[..., j, :, :]
     return (Rd @ x[..., None])[..., 0]
 

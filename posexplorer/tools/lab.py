@@ -85,7 +85,7 @@ def make_batch(task:str, lengths:list, # one instance per entry
 # %% ../../nbs/tools/lab.ipynb #13a61bdc
 ALIASES = {"none": "nope", "ape": "sinusoidal", "sin": "sinusoidal", "rotary": "rope", "t5_bias": "t5",
            "learned_ape": "learned"}
-INFERENCE_ONLY = ("yarn", "dprope", "ntk", "linear", "dynamic_ntk", "llama3", "longrope")  # run on a RoPE-trained model
+INFERENCE_ONLY = ("yarn", "dynamic_yarn", "dprope", "ntk", "linear", "dynamic_ntk", "llama3", "longrope")  # run on a RoPE-trained model
 
 def canonical(name:str) -> str:
     "A registered encoding name for `name` (friendly aliases such as 'ape' or 'none' mapped); raises on unknown names"

@@ -20,7 +20,7 @@ def _embed_all(enc:SeqPE, *positions:Tensor) -> list: # each (...) -> (..., dim)
     return [x.reshape(*p.shape, -1) for x, p in zip(e.split([p.numel() for p in positions]), positions)]
 
 def train_seqpe(enc:SeqPE, steps:int=400, context:int=64, max_position:int=1024, # L, M
-                n_pivots:int=16, n_candidates:int=16, n_windows:int=4, n_offsets:int=16,
+                n_pivots:int=16, n_candidates:int=16, n_windows:int=4, n_offsets:int=16, loss_heads:int=1, # h of the transfer loss (the model's attention heads in the repository)
                 lr:float=3e-3, seed:int=0, progress:bool=True) -> list: # [(contrastive, transfer), ...] per step
     "Train `enc` on the contrastive and transfer objectives alone (AdamW); the teacher side is the window [0, L)"
     check_int(steps, "steps"); check_int(context, "context", 2); check_int(max_position, "max_position", 2)
@@ -30,7 +30,7 @@ def train_seqpe(enc:SeqPE, steps:int=400, context:int=64, max_position:int=1024,
         pv, cd, lb = contrastive_batch(n_pivots, n_candidates, max_position, g)
         mo, tr = transfer_batch(n_windows, n_offsets, context, max_position, g)
         epv, ecd, emo, etr = _embed_all(enc, pv, cd, mo, tr)
-        lc, lt = contrastive_loss(epv, ecd, lb), transfer_loss(emo, etr)
+        lc, lt = contrastive_loss(epv, ecd, lb), transfer_loss(emo, etr, n_heads=loss_heads)
         opt.zero_grad(); (lc + lt).backward(); opt.step()
         hist.append((lc.item(), lt.item()))
     return hist

@@ -93,7 +93,8 @@ class XPos(FrequencyRotary):
     def apply(self, q:Tensor, # (B, Tq, Hq, D) queries
               k:Tensor|None, # (B, Tk, Hk, D) keys, or None
               positions:Tensor|None=None, # the queries' positions (and the keys' too); default 0..Tq-1
-              layout:str="half", backend:str="auto", inplace:bool=False,
+              layout:str="interleaved", # (2i, 2i+1), the pairing of torchscale and lucidrains; "half" for NeoX-paired weights
+              backend:str="auto", inplace:bool=False,
               k_positions:Tensor|None=None): # the keys' positions when they differ (a KV cache)
         "RoPE's rotation with the shared kernel, then q's pair i times ζ_i^(n/B) and k's times ζ_i^(−m/B): `(q, k)`"
         positions, kp = self._qk_positions(q, k, positions, k_positions)

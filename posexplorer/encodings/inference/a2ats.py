@@ -6,7 +6,7 @@ Docs: https://posexplorer.github.io/posexplorer/inference/a2ats.html.md"""
 
 # %% auto #0
 __all__ = ['rotate_rows', 'WRoPE', 'far_correlation', 'kmeans', 'query_aware_kmeans', 'score_error', 'synthetic_queries',
-           'vq_scores']
+           'vq_scores', 'retrieval_mask']
 
 # %% ../../../nbs/inference/a2ats.ipynb #fafe9419
 from dataclasses import dataclass
@@ -35,11 +35,16 @@ def _check_qk(q, k, q_positions, k_positions):
           year=2025, arxiv="2502.12665", notebook="inference/a2ats.ipynb", relative=True)
 @dataclass
 class WRoPE(RoPE):
-    "RoPE whose approximate scores treat every key at least `window` tokens away as exactly `r` tokens away"
-    window: int = 64  # w: keys with |m − n| < w are scored exactly
-    r: int = 64  # the distance every out-of-window key is scored at
+    "RoPE whose approximate scores treat every key at least `window` tokens away (and not a sink) as exactly `r` tokens away"
+    window: int = 64  # w: keys with |m − n| < w are scored exactly (the authors' `wrope_local_window`)
+    r: int = 2048  # the distance every far key is scored at (the authors' `wrope_relative_pos`)
+    sinks: int = 8  # keys at positions 0..sinks-1 are always scored exactly (the authors' `attention_sink`)
     def __post_init__(self):
-        super().__post_init__(); check_int(self.window, "window"); check_int(self.r, "r", 0)
+        super().__post_init__(); check_int(self.window, "window"); check_int(self.r, "r", 0); check_int(self.sinks, "sinks", 0)
+    def exact_mask(self, q_positions:Tensor, k_positions:Tensor) -> Tensor: # (Tq,), (Tk,) -> (Tq, Tk) bool
+        "Pairs scored exactly: the key inside the window, or a sink"
+        sink = (k_positions >= 0) & (k_positions < self.sinks)  # (Tk,)
+        return ((q_positions[:, None] - k_positions[None, :]).abs() < self.window) | sink[None, :]
     def exact_scores(self, q:Tensor, k:Tensor, # (Tq, D), (Tk, D) un-rotated queries and keys
                      q_positions:Tensor, k_positions:Tensor) -> Tensor: # (Tq,), (Tk,) -> (Tq, Tk)
         "RoPE's scores ⟨R_m q, R_n k⟩ (no 1/√d scale)"
@@ -47,11 +52,11 @@ class WRoPE(RoPE):
         return rotate_rows(self, q, q_positions) @ rotate_rows(self, k, k_positions).T
     def approx_scores(self, q:Tensor, k:Tensor, # (Tq, D), (Tk, D) un-rotated queries and keys (or centroids per key)
                       q_positions:Tensor, k_positions:Tensor) -> Tensor: # (Tq,), (Tk,) -> (Tq, Tk)
-        "WRoPE: exact where |m − n| < window, else ⟨R_{±r} q, k⟩ with no key position"
+        "WRoPE: exact inside the window and for the sinks, else ⟨R_{±r} q, k⟩ with no key position"
         _check_qk(q, k, q_positions, k_positions)
         delta = q_positions[:, None] - k_positions[None, :]  # (Tq, Tk) m − n
         far = torch.where(delta >= 0, rotate_rows(self, q, torch.full_like(q_positions, self.r)) @ k.T, rotate_rows(self, q, torch.full_like(q_positions, -self.r)) @ k.T)
-        return torch.where(delta.abs() < self.window, self.exact_scores(q, k, q_positions, k_positions), far)
+        return torch.where(self.exact_mask(q_positions, k_positions), self.exact_scores(q, k, q_positions, k_positions), far)
 
 # %% ../../../nbs/inference/a2ats.ipynb #4c2f756f
 def far_correlation(enc:WRoPE, q:Tensor, k:Tensor, q_positions:Tensor, k_positions:Tensor) -> float:
@@ -96,10 +101,21 @@ def synthetic_queries(n:int, dim:int, seed:int=0, decay:float=0.85) -> Tensor: #
     return (torch.randn(n, dim, generator=g, dtype=torch.float64) * decay ** torch.arange(dim)) @ basis.T
 
 # %% ../../../nbs/inference/a2ats.ipynb #53fe650a
-def vq_scores(enc:WRoPE, q:Tensor, k:Tensor, # (Tq, D), (Tk, D) un-rotated; k kept exactly inside the window
+def vq_scores(enc:WRoPE, q:Tensor, k:Tensor, # (Tq, D), (Tk, D) un-rotated; k kept exactly inside the window and for the sinks
               q_positions:Tensor, k_positions:Tensor,
               centroids:Tensor, codes:Tensor) -> Tensor: # (C, D), (Tk,) -> (Tq, Tk)
-    "WRoPE scores with out-of-window keys replaced by their centroids: in-window exact, far ⟨R_r q, c_code⟩"
+    "WRoPE scores with far keys replaced by their centroids: window and sinks exact, far ⟨R_r q, c_code⟩"
     approx = enc.approx_scores(q, centroids[codes], q_positions, k_positions)  # far part only uses the centroids
-    inside = (q_positions[:, None] - k_positions[None, :]).abs() < enc.window
+    inside = enc.exact_mask(q_positions, k_positions)  # the window and the sinks
     return torch.where(inside, enc.exact_scores(q, k, q_positions, k_positions), approx)
+
+# %% ../../../nbs/inference/a2ats.ipynb #8ae929aa
+def retrieval_mask(enc:WRoPE, approx:Tensor, # (Tq, Tk) approximate scores (`approx_scores` or `vq_scores`)
+                   q_positions:Tensor, k_positions:Tensor, # (Tq,), (Tk,)
+                   n_retrieved:int) -> Tensor: # keys retrieved beyond the window and the sinks -> (Tq, Tk) bool
+    "The keys a query attends to: the window and the sinks always, plus the `n_retrieved` highest approximate scores among the rest"
+    check_int(n_retrieved, "n_retrieved", 0); check_tensor("approx", approx)
+    keep = enc.exact_mask(q_positions, k_positions)  # (Tq, Tk)
+    if approx.shape != keep.shape: raise ValueError(f"`approx` must be (Tq, Tk) = {tuple(keep.shape)}, got {tuple(approx.shape)}")
+    top = approx.masked_fill(keep, float("-inf")).topk(min(n_retrieved, approx.shape[1]), dim=-1).indices  # (Tq, n)
+    return keep | torch.zeros_like(keep).scatter_(1, top, True)  # a -inf pick (fewer far keys than n) is a kept key anyway

@@ -47,25 +47,51 @@ def digit_count(max_position:int) -> int:
 def contrastive_loss(pivot_pe:Tensor, # (N, d) embeddings of the pivots
                      candidate_pe:Tensor, # (N, K, d) embeddings of each pivot's candidates
                      labels:Tensor, # (N,) long: index of the candidate nearest to the pivot
-                     scale:float=1.0) -> Tensor: # scalar
+                     scale:float=1.0, # s: logits are s·<e(p), e(c_j)> (`seqpe_logit_scaled_loss`)
+                     n_heads:int=1) -> Tensor: # h: one cross-entropy per head of d/h features (the scripts use 1)
     "SeqPE's contrastive loss: cross-entropy of the dot products `scale·<e(p), e(c_j)>` with the nearest candidate as label"
     if pivot_pe.ndim != 2 or candidate_pe.ndim != 3 or candidate_pe.shape[0] != pivot_pe.shape[0] or candidate_pe.shape[2] != pivot_pe.shape[1]:
         raise ValueError(f"`pivot_pe` (N, d) and `candidate_pe` (N, K, d) do not match: {tuple(pivot_pe.shape)}, {tuple(candidate_pe.shape)}")
-    logits = torch.einsum("nd,nkd->nk", pivot_pe, candidate_pe)  # (N, K)
-    return F.cross_entropy(scale * logits, labels)
+    (N, K, d), h = candidate_pe.shape, _check_heads(n_heads, pivot_pe.shape[1])
+    logits = torch.einsum("nhe,nkhe->nhk", pivot_pe.reshape(N, h, d // h), candidate_pe.reshape(N, K, h, d // h))  # (N, h, K)
+    return F.cross_entropy(scale * logits.reshape(N * h, K), labels.repeat_interleave(h))
+
+def _check_heads(n_heads, d:int) -> int:
+    "`n_heads` is a positive int dividing the embedding width d"
+    check_int(n_heads, "n_heads")
+    if d % n_heads: raise ValueError(f"`n_heads` ({n_heads}) must divide the embedding width d = {d}")
+    return n_heads
 
 # %% ../../../nbs/learned/seqpe.ipynb #3e2b83de
-def _row_log_softmax_gram(pe:Tensor, scale:float) -> Tensor: # (N, n, d) -> (N, n, n)
-    return F.log_softmax(scale * pe @ pe.transpose(-1, -2), dim=-1)
+def _log_gram(pe:Tensor, scale:float, n_heads:int) -> Tensor: # (N, n, d) -> (N, h, n, n)
+    "Row log-softmax of each head's Gram matrix; head j holds features j·d/h ... (j+1)·d/h − 1"
+    N, n, d = pe.shape
+    x = pe.reshape(N, n, n_heads, d // n_heads).transpose(1, 2)  # (N, h, n, d/h)
+    return F.log_softmax(scale * x @ x.transpose(-1, -2), dim=-1)
 
-def transfer_loss(main_pe:Tensor, # (N, n, d) embeddings of n positions inside the training window (the teacher)
-                  transfer_pe:Tensor, # (N, n, d) embeddings of the same n offsets from a start far out (the student)
-                  scale:float=1.0) -> Tensor: # scalar, in nats per row
-    "SeqPE's transfer loss: symmetric KL between the row-softmaxed Gram matrices, the teacher's side detached"
+def _sym_kl(lp:Tensor, lq:Tensor) -> Tensor: # log P, log Q (..., n, n) -> (..., n, n)
+    "The entries of KL(P‖Q) + KL(Q‖P) before any sum: (P − Q)(log P − log Q)"
+    return (lp.exp() - lq.exp()) * (lp - lq)
+
+def _check_transfer(main_pe, transfer_pe, n_heads, beta, reduction):
     if main_pe.shape != transfer_pe.shape or main_pe.ndim != 3:
         raise ValueError(f"`main_pe` and `transfer_pe` must both be (N, n, d), got {tuple(main_pe.shape)}, {tuple(transfer_pe.shape)}")
-    lp, lq = _row_log_softmax_gram(main_pe, scale).detach(), _row_log_softmax_gram(transfer_pe, scale)  # (N, n, n)
-    return ((lp.exp() - lq.exp()) * (lp - lq)).sum(-1).mean()  # KL(P||Q) + KL(Q||P), summed over each row
+    _check_heads(n_heads, main_pe.shape[-1])
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1: raise ValueError(f"`beta` must be a number in [0, 1], got {beta!r}")
+    if reduction not in ("mean", "row"): raise ValueError(f"`reduction` must be 'mean' (the authors') or 'row', got {reduction!r}")
+
+# %% ../../../nbs/learned/seqpe.ipynb #de74f334
+def transfer_loss(main_pe:Tensor, # (N, n, d) teacher: n positions inside the training window
+                  transfer_pe:Tensor, # (N, n, d) student: the same n offsets from a start far out
+                  scale:float=1.0, # s: Gram logits s·<e_i, e_j> (`seqpe_logit_scaled_loss`)
+                  n_heads:int=1, # h: one Gram matrix per head of d/h features (`seqpe_multi_head_loss`)
+                  beta:float=0.8, # share of the gradient on the student; 1 − β goes to the teacher (`seqpe_transfer_beta`)
+                  reduction:str="mean") -> Tensor: # "mean" over all N·h·n·n entries (the authors'), "row": KL per row (n× larger)
+    "SeqPE's transfer loss: symmetric KL between the row-softmaxed Gram matrices of the teacher and the student windows"
+    _check_transfer(main_pe, transfer_pe, n_heads, beta, reduction)
+    lp, lq = _log_gram(main_pe, scale, n_heads), _log_gram(transfer_pe, scale, n_heads)  # (N, h, n, n)
+    kl = beta * _sym_kl(lp.detach(), lq) + ((1 - beta) * _sym_kl(lp, lq.detach()) if beta < 1 else 0)
+    return kl.mean() if reduction == "mean" else kl.sum(-1).mean()
 
 # %% ../../../nbs/learned/seqpe.ipynb #f678e640
 def _one_digit_edits(pivots:Tensor, n:int, max_position:int, g:torch.Generator) -> Tensor: # (N,) -> (N, n)

@@ -43,12 +43,15 @@ class HoPE(RoPE):
         if not isinstance(self.training_strides, (tuple, list)) or not self.training_strides: raise ValueError(f"`training_strides` must be a non-empty tuple, got {self.training_strides!r}")
         for s in self.training_strides: _check_stride(s, "training_strides")
     def position_ids(self, segments:list, # e.g. [("text", 3), ("video", (t, h, w)), ("text", 2)]
-                     temporal_stride:float|None=None) -> tuple: # (positions (3, T), next_start)
+                     temporal_stride:float|list|None=None) -> tuple: # δ for every video, or a list with one δ per video
         "HoPE's position ids for `segments`: VideoRoPE's diagonal layout with stride δ (default `self.temporal_stride`)"
         from posexplorer.encodings.spacetime.mrope import mrope_position_ids
         d = self.temporal_stride if temporal_stride is None else temporal_stride
-        _check_stride(d, "temporal_stride")
+        for s in (d if isinstance(d, (list, tuple)) else [d]): _check_stride(s, "temporal_stride")
         return mrope_position_ids(segments, scheme="hope", temporal_stride=d)
     def sample_temporal_stride(self, generator:torch.Generator|None=None) -> float:
         "Dynamic temporal scaling: one δ drawn uniformly from `training_strides` (HoPE draws one per image or video)"
         return float(self.training_strides[int(torch.randint(len(self.training_strides), (1,), generator=generator))])
+    def sample_temporal_strides(self, segments:list, generator:torch.Generator|None=None) -> list: # one δ per video segment
+        "Training's dynamic scaling for a whole sequence: a fresh δ for each video, as the authors' `get_dynamic_rope_index` draws"
+        return [self.sample_temporal_stride(generator) for kind, _ in segments if kind == "video"]

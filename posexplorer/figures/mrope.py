@@ -50,7 +50,7 @@ def position_ids_plot(segments:list, # a sequence as in `mrope_position_ids`
                             marker_size=4, hovertemplate=f"{label}<br>token %{{x}}: {name} = %{{y:g}}<extra></extra>", row=r, col=1)
         fig.update_yaxes(title_text="position", row=r, col=1)
     add_segment_bands(fig, segments, len(items))
-    fig.update_layout(height=220 + 230 * len(items), legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0))
+    fig.update_layout(height=220 + 230 * len(items), legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))  # at the right: clear of the title and the panel titles
     return fig.update_xaxes(title_text="token index", row=len(items), col=1)
 
 # %% ../../nbs/spacetime/mrope.ipynb #0b28be58

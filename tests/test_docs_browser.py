@@ -108,7 +108,7 @@ def test_page(page_name, base_url, context):
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
     page.on("request", lambda r: requests.append(r.url))
     try:
-        resp = page.goto(base_url + page_name, wait_until="load", timeout=30_000)
+        resp = page.goto(base_url + page_name, wait_until="load", timeout=90_000)
         assert resp is not None and resp.status == 200, f"{page_name}: status {resp and resp.status}"
 
         n_plots = page.locator(".plotly-graph-div").count()
@@ -116,17 +116,17 @@ def test_page(page_name, base_url, context):
         if n_plots:
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.plotly-graph-div')].every(d => d.querySelector('svg.main-svg'))",
-                timeout=30_000)
+                timeout=90_000)
             assert page.locator(".plotly-graph-div svg.main-svg").count() >= n_plots
 
         if _expects_math(html):
-            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
+            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=90_000)
             page.evaluate("() => MathJax.startup.promise")
             assert page.locator("mjx-container").count() > 0, f"{page_name}: MathJax typeset no math"
             bad = page.locator("mjx-merror").all_inner_texts()
             assert not bad, f"{page_name}: TeX errors: {bad[:5]}"
 
-        page.wait_for_load_state("networkidle", timeout=30_000)
+        page.wait_for_load_state("networkidle", timeout=90_000)  # 30 s timed out once on a busy 2-core CI machine
         lay = page.evaluate(LAYOUT_JS)
         shots = ARTIFACTS / "docs"; shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / f"{page_name[:-5].replace('/', '_')}_{context.width}px.png"))

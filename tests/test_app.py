@@ -6,7 +6,7 @@ second and third encoding, moves a slider, pastes a valid and an invalid config.
 changed, that no console error was logged and that no request left 127.0.0.1. The page is saved to
 test-artifacts/app.png.
 """
-import json, shutil, socket, subprocess, sys, time
+import html, json, shutil, socket, subprocess, sys, time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,9 +28,8 @@ LLAMA = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, 
 
 def test_app_builds():
     a = A.app()
-    assert isinstance(a, pn.Column) and isinstance(a[0], pn.pane.Alert) and not a[0].visible  # a URL's refusals, none here
-    tabs = a[1][1][0]
-    assert [t for t in tabs._names] == list(A.TABS) + ["HF config"]
+    assert isinstance(a, A.Explorer) and not a.notice and not a.warn  # a URL's refusals, and encodings that refuse: none here
+    assert a.tabs == list(A.TABS) + ["HF config"] and a.plot.object.data and a.fields and set(a.fields) <= set(a.names)
 
 
 def test_every_tab_draws_or_explains():
@@ -137,19 +136,19 @@ def test_app_in_chromium(server):
         before = _traces(page)
         assert before and "rope" in before
 
-        choice = page.locator(".choices__input--cloned").first  # the MultiChoice's search box: pick two more encodings
+        choice = page.locator("select.px-add").first  # the list of the encodings not chosen: pick two more
         for name in ("yarn", "llama3"):
-            choice.click(); page.locator(f'.choices__item--choice[data-value="{name}"]').first.click()
-            page.locator(f'.choices__item--selectable[data-value="{name}"]').first.wait_for(timeout=10_000)  # picked
+            choice.select_option(name)
+            page.locator(f'.px-chip[data-name="{name}"]').first.wait_for(timeout=10_000)  # picked: a chip with its name
         after_pick = _wait_change(page, before, "yarn", "llama3")
         assert "yarn" in after_pick and "llama3" in after_pick
 
-        slider = page.locator(".noUi-handle").first  # dim d: one step left with the keyboard
+        slider = page.locator("input[name=dim]").first  # dim d: four steps left with the keyboard
         slider.focus(); [page.keyboard.press("ArrowLeft") for _ in range(4)]
         after_slide = _wait_change(page, after_pick)
         page.wait_for_function("() => location.href.includes('dim=96')", timeout=20_000)  # the URL keeps the state, once the app has synced it
 
-        page.locator(".bk-tab", has_text="allocation").first.click()  # the open tab is in the URL too
+        page.locator(".px-tab", has_text="allocation").first.click()  # the open tab is in the URL too
         page.wait_for_function("() => location.href.includes('tab=4')", timeout=20_000)
         alloc = _wait_change(page, after_slide)  # the allocation strip replaced the wavelength figure
         page.get_by_text("yarn parameters").first.click()  # each encoding's own parameters, from its signature
@@ -159,14 +158,14 @@ def test_app_in_chromium(server):
         _wait_change(page, alloc)  # half of yarn's pairs no longer rotate
         page.wait_for_function("() => location.href.includes('params=') && location.href.includes('partial_rotary_factor')", timeout=20_000)
 
-        page.locator(".bk-tab", has_text="HF config").first.click()
+        page.locator(".px-tab", has_text="HF config").first.click()
         box = page.locator("textarea").first
         box.fill(json.dumps(LLAMA)); box.blur()
         page.wait_for_selector(".alert-success", timeout=20_000)
         page.wait_for_function("() => location.href.includes('config=')", timeout=20_000)  # the pasted config is in the URL...
         shown = None
         for i, tab in enumerate(A.TABS):  # ...and in the comparison, on every tab that draws encodings
-            page.locator(".bk-tab", has_text=tab).first.click()
+            page.locator(".px-tab", has_text=tab).first.click()
             page.wait_for_function(f"() => location.href.includes('tab={i}')", timeout=20_000)
             name = {"position ids": (), "precision": ('"llama bfloat16"',)}.get(tab, ('"llama"',))  # precision: a line per encoding and dtype
             try: shown = _wait_change(page, shown, *name, timeout=30.0)
@@ -175,12 +174,12 @@ def test_app_in_chromium(server):
         with page.expect_download(timeout=30_000) as dl:  # the open figure's data
             page.get_by_text("figure data (CSV)").first.click()
         assert dl.value.suggested_filename == "posexplorer-position-ids.csv" and "trace" in Path(dl.value.path()).read_text().splitlines()[0]
-        page.locator(".bk-tab", has_text="HF config").first.click()
+        page.locator(".px-tab", has_text="HF config").first.click()
         box.fill("{not json"); box.blur()
         page.wait_for_selector(".alert-danger", timeout=20_000)
         page.get_by_text("Cannot read this config").first.wait_for(timeout=10_000)  # an alert, not a traceback
 
-        page.locator(".bk-tab", has_text="allocation").first.click()  # back to a tab whose figure shows yarn's own parameter
+        page.locator(".px-tab", has_text="allocation").first.click()  # back to a tab whose figure shows yarn's own parameter
         page.locator(".js-plotly-plot .main-svg >> visible=true").first.wait_for(timeout=30_000)
         page.wait_for_load_state("networkidle")
         view = _settled(page)
@@ -224,27 +223,25 @@ BAD_LINK = ('?names=["nonexistent","yarn"]&dim=-5&base=abc&factor=-1&context=1e9
 
 def test_link_refusals_are_shown_and_dropped():
     a = A.app(BAD_LINK)
-    notice, side = a[0], a[1][0]
-    assert notice.visible and notice.alert_type == "warning"
+    assert a.notice  # the page's warning, as HTML
     for key, value, reason in [("names", "nonexistent", "unknown encoding"), ("dim", "-5", "positive and even"),
                                ("base", "abc", "must be a number"), ("factor", "-1", "finite and > 0"),
                                ("context", "1e99", "must be an int"), ("yarn.partial_rotary_factor", "3", "(0, 1]")]:
-        assert f"`{key}={value}`: " in notice.object and reason in notice.object, (key, notice.object)
-    w = dict(zip(WIDGETS, side[1:10]))
-    assert w["names"].value == ["yarn"]  # the unknown name dropped; the known one kept
-    assert (w["dim"].value, w["base"].value, w["factor"].value, w["context"].value) == (128, 10000.0, 4.0, 32768)  # the defaults...
-    assert w["extended"].value == 8192 and json.loads(w["params"].value) == {"yarn": {"beta_fast": 16}}  # ...and the good values
-    assert a[1][1][0][0].object.data  # the page draws
+        assert f"<code>{key}={value}</code>: " in a.notice and reason in html.unescape(a.notice), (key, a.notice)
+    assert a.names == ["yarn"]  # the unknown name dropped; the known one kept
+    assert (a.dim, a.base, a.factor, a.context) == (128, 10000.0, 4.0, 32768)  # the defaults...
+    assert a.extended == 8192 and json.loads(a.params) == {"yarn": {"beta_fast": 16}}  # ...and the good values
+    assert a.plot.object.data  # the page draws
 
 
 def test_only_unknown_names_keep_the_defaults():
     a = A.app('?names=["nonexistent"]')
-    assert a[0].visible and "nonexistent" in a[0].object and a[1][0][1].value == ["rope", "yarn"]
-    assert not A.app('?names=["rope"]&dim=64&tab=4')[0].visible  # a good link: no warning
+    assert "nonexistent" in a.notice and a.names == ["rope", "yarn"]
+    assert not A.app('?names=["rope"]&dim=64&tab=4').notice  # a good link: no warning
 
 
 def test_vet_query_uses_the_library_checks():
-    w = A._widgets()
+    w = A.VIEW
     vals, refused = A.vet_query({"dim": "63", "context": "4096.5", "tab": "-1", "dtype": "float16", "config": "{bad"}, w, 8)
     why = {k: r for k, _, r in refused}
     assert vals == {"dtype": "float16"} and "positive and even" in why["dim"] and "must be an int" in why["context"] and ">= 0" in why["tab"]
@@ -270,40 +267,33 @@ def test_config_factor_is_over_plain_rope():
     assert len(plain) == 2 and all(np.allclose(v, 1.0) for v in plain.values())  # plain RoPE against plain RoPE
 
 
-WIDGETS = ["names", "params", "config", "dim", "base", "context", "extended", "factor", "dtype"]  # the sidebar's widgets, in order
-
-
 def test_pasted_config_joins_the_comparison():
     a = A.app()
-    side, (tabs, downloads) = a[1]
-    w, box = dict(zip(WIDGETS, side[1:10])), tabs[-1][0]
-    box.value = json.dumps(YARN)  # pasted in the HF config tab
-    assert json.loads(w["config"].value) == YARN
-    tabs.active = 0
-    names = {t.name for t in tabs[0].object.data}
+    a.tab = len(A.TABS); a.box = json.dumps(YARN)  # pasted in the HF config tab
+    assert json.loads(a.config) == YARN and "alert-success" in a.config_info and "qwen2" in a.config_info
+    a.tab = 0
+    names = {t.name for t in a.plot.object.data}
     assert {"rope", "yarn", "qwen2"} <= names  # named after its model_type, beside the built-in encodings
-    ours = {t.name: np.asarray(t.y) for t in tabs[0].object.data if t.xaxis == "x2"}
+    ours = {t.name: np.asarray(t.y) for t in a.plot.object.data if t.xaxis == "x2"}
     assert ours["qwen2"].max() > 1.0  # its stretch over the first encoding (plain RoPE at the shared θ and d)
-    view = A.config_view(box.value)
+    view = A.config_view(a.box)
     assert "32768" in view[0].object and any("L = 32768" in (an.text or "") for an in view[2].object.layout.annotations)  # the training length
-    box.value = "{not json"
-    assert w["config"].value == "" and "qwen2" not in {t.name for t in tabs[0].object.data}  # an unreadable config leaves the comparison
-    box.value = json.dumps(LLAMA | {"model_type": "rope"})  # a model_type that is also a chosen name
-    assert "rope (config)" in {t.name for t in tabs[0].object.data}
+    a.box = "{not json"
+    assert a.config == "" and "qwen2" not in {t.name for t in a.plot.object.data}  # an unreadable config leaves the comparison
+    a.box = json.dumps(LLAMA | {"model_type": "rope"})  # a model_type that is also a chosen name
+    assert "rope (config)" in {t.name for t in a.plot.object.data}
 
 
 def test_link_with_config_tidy_numbers_and_dtype():
     link = '?names=["rope"]&factor=7.499999999999999&base=10000.0&dtype=float32&tab=5&config=' + json.dumps(YARN)
     a = A.app(link)
-    assert not a[0].visible, a[0].object
-    side, (tabs, _) = a[1]
-    w = dict(zip(WIDGETS, side[1:10]))
-    state = A._url_state(w, tabs)
+    assert not a.notice, a.notice
+    state = A._url_state(a)
     assert state["factor"] == "7.5" and state["base"] == "10000" and state["dtype"] == "float32" and json.loads(state["config"]) == YARN
-    assert "config" not in A._url_state(dict(zip(WIDGETS, A.app()[1][0][1:10])), tabs)  # no empty key
+    assert "config" not in A._url_state(A.app())  # no empty key
     assert A.tidy(0.1 + 0.2) == "0.3" and A.tidy(131072) == "131072" and A.tidy(["rope"]) == '["rope"]'
-    names = {t.name.split(" ")[0] for t in tabs[5].object.data if t.name}
-    assert {"rope", "qwen2"} <= names and "float32" in str(tabs[5].object.to_plotly_json())  # precision: every encoding, in the chosen dtype
+    names = {t.name.split(" ")[0] for t in a.plot.object.data if t.name}
+    assert a.tab == 5 and {"rope", "qwen2"} <= names and "float32" in str(a.plot.object.to_plotly_json())  # precision: every encoding, in the chosen dtype
 
 
 @pytest.mark.parametrize("tab", list(A.TABS))

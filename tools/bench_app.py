@@ -41,12 +41,11 @@ def main(argv=None) -> int:
             browser = launch(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url, wait_until="networkidle", timeout=60_000)
-            base = page.get_by_label("base θ").first if page.get_by_label("base θ").count() else None
-            base = page.locator(".bk-input[type='text']").nth(1) if base is None else base
+            base = page.locator("input[name=base]").first  # the shared base θ box (the page is one Explorer model)
             print(f"end-to-end update after a change of base θ (Chromium, RoPE + YaRN, d = 128, L = 32k; median of {args.repeat})")
             theta = 10000
             for i, tab in enumerate(TABS):
-                page.locator(".bk-tab", has_text=tab).first.click()
+                page.locator(".px-tab", has_text=tab).first.click()
                 page.locator(".js-plotly-plot .main-svg >> visible=true").first.wait_for(timeout=30_000)
                 page.wait_for_timeout(500)
                 times = []

@@ -161,6 +161,18 @@ def inputs_key() -> str:
     return h.hexdigest()
 
 
+TEST_IMPORT = re.compile(r"^\s*from (test_\w+|conftest) import", re.M)  # a notebook that takes its references from tests/ (the ledger)
+
+
+def tests_key(node) -> str:
+    """A hash of tests/*.py for a notebook that imports from them (any test may import another), else '': the ledger's
+    outputs follow the references it measures against"""
+    if not any(c.cell_type == "code" and TEST_IMPORT.search(c.source) for c in node.cells): return ""
+    h = hashlib.sha256()
+    for p in sorted((ROOT / "tests").glob("*.py")): h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return "+tests:" + h.hexdigest()
+
+
 STORE_DIR = ROOT / "site-cache"  # committed: a fresh clone takes the outputs from here instead of executing
 
 
@@ -203,6 +215,7 @@ def execute_cached(node, path: Path, skip: set[int], key: str):
     code cells carry the outputs, whether it ran)."""
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
+    key += tests_key(node)
     node.cells[0].metadata["posx_inputs"] = key
     for i in skip: node.cells[i].metadata["posx_skip"] = True
     cache = get_cache(str(CACHE_DIR))

@@ -346,3 +346,47 @@ def test_reordering_the_cache_moves_the_state_kept_on_it(name):
         full = m(ids.flip(0), position_ids=pos.flip(0)).logits[:, -1]
     assert (step - full).abs().max() <= 1e-5
     h.undo()
+
+@pytest.mark.parametrize("name,arch", [("alibi", "llama"), ("t5", "llama"), ("alibi", "gemma2")])
+def test_bias_after_cropping_the_cache(name, arch):
+    "`cache.crop(-5)` (assisted decoding's rollback) cuts the key positions kept on the cache with the keys: decode = full forward"
+    m = tiny(arch); h = patch(m, get(name, n_heads=4))
+    ids = torch.randint(3, 100, (2, 20), generator=torch.Generator().manual_seed(18))
+    with torch.no_grad():
+        cache = tf.DynamicCache(config=m.config); cache.activate_past_recording()  # Gemma 2's sliding layers crop only so
+        m(ids, cache=cache, use_cache=True)
+        cache.crop(-5)  # 15 tokens left: positions 15-19 are gone with their keys
+        step = m(ids[:, 15:16], cache=cache).logits[:, -1]  # a decode step at position 15
+        more = m(ids[:, 16:19], cache=cache).logits  # then 3 tokens at once, as a draft's verification
+        full = m(ids[:, :19]).logits
+    assert cache.get_seq_length() == 19
+    assert (step - full[:, 15]).abs().max() <= 1e-5 and (more - full[:, 16:]).abs().max() <= 1e-5
+    h.undo()
+
+@pytest.mark.parametrize("first", ["A", "B"])
+def test_undoing_one_model_leaves_another_of_its_class_patched(first):
+    "Two Llamas share `apply_rotary_pos_emb`: either undo leaves the other model as patched, and the last puts the function back"
+    import transformers.models.llama.modeling_llama as ml
+    fn, ids = ml.apply_rotary_pos_emb, torch.randint(3, 100, (1, 12), generator=torch.Generator().manual_seed(19))
+    models = {"A": tiny("llama"), "B": tiny("llama")}
+    with torch.no_grad(): models["B"].model.embed_tokens.weight.mul_(2)  # B is another model, not a copy of A
+    plain = {k: logits(m, ids) for k, m in models.items()}
+    hs = {"A": patch(models["A"], get("alibi", n_heads=4)), "B": patch(models["B"], get("yarn", dim=8, factor=4.0, original_max_position_embeddings=16))}
+    patched = {k: logits(m, ids) for k, m in models.items()}
+    assert all((patched[k] - plain[k]).abs().max() > 1e-4 for k in models)  # both patches change the logits: the test can fail
+    other = "B" if first == "A" else "A"
+    hs[first].undo()
+    assert ml.apply_rotary_pos_emb is not fn  # the other model still needs the shared apply step
+    assert (logits(models[other], ids) - patched[other]).abs().max() == 0 and (logits(models[first], ids) - plain[first]).abs().max() == 0
+    hs[other].undo()
+    assert ml.apply_rotary_pos_emb is fn and all((logits(m, ids) - plain[k]).abs().max() == 0 for k, m in models.items())
+
+def test_qwen2_vl_undo_restores_the_rope_deltas():
+    "HoPE sets its own `rope_deltas` on Qwen2-VL; undo() puts back those the model held before `patch`"
+    m, inp = qwen2_vl(), image_prompt()
+    m.model.rope_deltas = held = torch.tensor([[-3]])  # as a generation with the model's own M-RoPE leaves them
+    h = patch(m, get("hope", dim=8))
+    with torch.no_grad(): m(**inp)
+    assert m.model.rope_deltas.item() == 10 - 15  # HoPE's own, while patched
+    h.undo()
+    assert m.model.rope_deltas is held

@@ -581,10 +581,12 @@ def app(search:str|None=None) -> Explorer: # a query string to open, `?names=...
         try: ex.config = _config(event.new) if event.new.strip() else ""
         except ValueError: ex.config = ""
         if ex.tab == len(TABS): update()
-    def message(msg):  # from the page: a card's entry, or a download
-        if not isinstance(msg, dict): return
-        if "edit" in msg and not _edit(ex, typos, *msg["edit"]): update()  # a typo, or a typo fixed: redraw the warning
-        if "download" in msg: ex._send_msg(_download(ex, msg["download"]))
+    def message(msg):  # from the page: a card's entry, or a download; anything else is logged and dropped
+        edit = msg.get("edit") if isinstance(msg, dict) else None
+        if isinstance(edit, list) and len(edit) == 4 and edit[0] in ex.fields and [edit[1], edit[2]] in [r[:2] for r in ex.fields[edit[0]]]:
+            if not _edit(ex, typos, *edit): update()  # a typo, or a typo fixed: redraw the warning
+        elif isinstance(msg, dict) and "download" in msg: ex._send_msg(_download(ex, msg["download"]))
+        else: log.warning("dropped a message the page cannot have sent: %.200r", msg)
     _url(ex, search)  # before the watchers: a shared URL opens on its tab, with its own parameters, drawn once
     if ex.config: ex.box = json.dumps(json.loads(ex.config), indent=1)  # a link's config, shown in its box
     cards(); ex.param.watch(cards, ["names", "params"])

@@ -448,12 +448,24 @@ def _rotary_forward(encs:dict, make):
     def forward(x, position_ids, layer_type=None, **kw): return make(encs[layer_type] if layer_type in encs else encs[None], position_ids)
     return forward
 
-def _swap_apply_steps(model) -> list: # [(modeling module, its original apply_rotary_pos_emb)]
-    "Swap our apply step into every modeling module of the model that has `apply_rotary_pos_emb`"
-    mods = {id(m): m for a in model.modules() if hasattr(m := sys.modules[type(a).__module__], "apply_rotary_pos_emb")}.values()
-    globs = [(g, g.apply_rotary_pos_emb) for g in mods]
-    for g, fn in globs: g.apply_rotary_pos_emb = _apply_step(fn)
-    return globs
+_SWAPPED, _SWAP_LOCK = {}, threading.Lock()  # id(modeling module) -> [module, its original apply_rotary_pos_emb, live patches]
+
+def _swap_apply_steps(model) -> list: # the modeling modules whose apply step this patch holds
+    "One shared apply step per modeling module, counted: installed by the first live patch of its classes, kept while any is live"
+    mods = list({id(m): m for a in model.modules() if hasattr(m := sys.modules[type(a).__module__], "apply_rotary_pos_emb")}.values())
+    with _SWAP_LOCK:
+        for g in mods:
+            e = _SWAPPED.setdefault(id(g), [g, g.apply_rotary_pos_emb, 0])
+            if e[2] == 0: g.apply_rotary_pos_emb = _apply_step(e[1])  # it passes unpatched models' (cos, sin) to the original
+            e[2] += 1
+    return mods
+
+def _restore_apply_steps(mods:list):
+    "Release this patch's hold on each module's apply step; the last live patch puts the original function back"
+    with _SWAP_LOCK:
+        for g in mods:
+            e = _SWAPPED[id(g)]; e[2] -= 1
+            if e[2] == 0: g.apply_rotary_pos_emb = e[1]; del _SWAPPED[id(g)]
 
 # %% ../../nbs/tools/hf.ipynb #11f3959c
 class PatchHandle:
@@ -463,10 +475,10 @@ class PatchHandle:
     def undo(self):
         "Restore the model exactly: rotary forwards, modeling functions, layer hooks, attention implementation, Qwen2-VL's ids, no added submodule"
         for m in self.modules: del m.forward
-        for mod, fn in self.globs: mod.apply_rotary_pos_emb = fn
+        _restore_apply_steps(self.globs); self.globs = []  # the shared apply step stays while another patched model uses it
         for h in self.hooks: h.remove()
         for cfg, impl in self.attn: cfg._attn_implementation_internal = impl
-        if self.vl is not None: del self.vl.get_rope_index; self.vl.rope_deltas = None
+        if self.vl is not None: vl, deltas = self.vl; del vl.get_rope_index; vl.rope_deltas = deltas  # the model's own, as before `patch`
         if "posexplorer_encoding" in self.model._modules: del self.model._modules["posexplorer_encoding"]
         self.model._posexplorer_patch = None
 
@@ -484,7 +496,8 @@ def _vl_scheme(model, h:PatchHandle, enc):
     "In Qwen2-VL, an encoding with its own t/h/w layout (VideoRoPE, HoPE) gets its own position ids; others keep the model's M-RoPE ids"
     vl = next((m for m in model.modules() if hasattr(type(m), "get_rope_index")), None)
     if vl is None or enc is None or type(enc).name not in HF_VL_SCHEMES: return
-    vl.get_rope_index, vl.rope_deltas, h.vl = _scheme_rope_index(vl, enc), None, vl
+    h.vl = (vl, vl.rope_deltas)  # undo() puts back the deltas the model held
+    vl.get_rope_index, vl.rope_deltas = _scheme_rope_index(vl, enc), None
 
 # %% ../../nbs/tools/hf.ipynb #c868f3c3
 def patch(model, # a transformers model (Llama, Mistral, Qwen2, Qwen3, Gemma 2/3, GPT-NeoX, Phi-3, Qwen2-VL)

@@ -126,7 +126,10 @@ def test_page(page_name, base_url, context):
             bad = page.locator("mjx-merror").all_inner_texts()
             assert not bad, f"{page_name}: TeX errors: {bad[:5]}"
 
-        page.wait_for_load_state("networkidle", timeout=90_000)  # 30 s timed out once on a busy 2-core CI machine
+        try: page.wait_for_load_state("networkidle", timeout=30_000)  # fonts and images settle before the layout check
+        except Exception as e:  # a busy 2-core CI machine once kept a 400 px page "busy" for 90 s with every asset loaded;
+            if "Timeout" not in type(e).__name__: raise  # failed requests are caught as errors below, so only wait
+            page.wait_for_timeout(2_000)
         lay = page.evaluate(LAYOUT_JS)
         shots = ARTIFACTS / "docs"; shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / f"{page_name[:-5].replace('/', '_')}_{context.width}px.png"))
